@@ -1,0 +1,266 @@
+"""Orders: place, pay, ship, cancel. Each handler runs inside its caller's transaction.
+
+Locking: an order's product rows are always locked in product-id order (one fixed order, so
+two multi-line orders never deadlock), and every stream's row lock is taken before its events
+draw positions, so one stream's events are logged in version order.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Annotated, Final, Literal
+
+import asyncpg
+import msgspec
+
+from app.commands.errors import (
+    DuplicateLines,
+    InsufficientStock,
+    InvalidTransition,
+    OrderNotFound,
+    UnknownProducts,
+    VersionMismatch,
+)
+from app.commands.outbox import EventMetadata, append_events
+from app.events import (
+    EventData,
+    NewEvent,
+    OrderCancelled,
+    OrderLine,
+    OrderPaid,
+    OrderPlaced,
+    OrderShipped,
+    OrderStatus,
+    StockReleased,
+    StockReserved,
+)
+
+MAX_LINES: Final = 50
+MAX_QUANTITY: Final = 100_000
+
+CustomerIdText = Annotated[
+    str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:@\-]*$")
+]
+Action = Literal["pay", "ship", "cancel"]
+
+
+class LineRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    product_id: uuid.UUID
+    quantity: Annotated[int, msgspec.Meta(ge=1, le=MAX_QUANTITY)]
+
+
+class PlaceOrder(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    customer_id: CustomerIdText
+    lines: Annotated[tuple[LineRequest, ...], msgspec.Meta(min_length=1, max_length=MAX_LINES)]
+
+
+class OrderResult(msgspec.Struct, frozen=True, kw_only=True):
+    order_id: uuid.UUID
+    customer_id: str
+    status: OrderStatus
+    total_cents: int
+    version: int
+    position: int
+
+
+@dataclass(frozen=True, slots=True)
+class ProductRow:
+    product_id: uuid.UUID
+    sku: str
+    name: str
+    price_cents: int
+    stock: int
+    version: int
+
+
+@dataclass(frozen=True, slots=True)
+class OrderRow:
+    order_id: uuid.UUID
+    customer_id: str
+    status: OrderStatus
+    total_cents: int
+    version: int
+
+
+# ---- decisions (pure) --------------------------------------------------------------------
+
+def decide_place_order(
+    order_id: uuid.UUID, cmd: PlaceOrder, products: Mapping[uuid.UUID, ProductRow],
+    placed_at: datetime,
+) -> tuple[OrderPlaced, list[StockReserved]]:
+    """Price the order from `products` (locked rows) and reserve stock line by line.
+    Raises DuplicateLines, UnknownProducts, InsufficientStock."""
+    repeated = [p for p, n in Counter(line.product_id for line in cmd.lines).items() if n > 1]
+    if repeated:
+        raise DuplicateLines(repeated)
+    unknown = [line.product_id for line in cmd.lines if line.product_id not in products]
+    if unknown:
+        raise UnknownProducts(unknown)
+    short = [
+        {"product_id": str(line.product_id), "sku": products[line.product_id].sku,
+         "requested": line.quantity, "available": products[line.product_id].stock}
+        for line in cmd.lines if products[line.product_id].stock < line.quantity
+    ]
+    if short:
+        raise InsufficientStock(short)
+    lines = tuple(
+        OrderLine(
+            product_id=p.product_id, sku=p.sku, name=p.name, quantity=line.quantity,
+            unit_price_cents=p.price_cents, line_total_cents=p.price_cents * line.quantity,
+        )
+        for line in cmd.lines
+        for p in (products[line.product_id],)
+    )
+    placed = OrderPlaced(
+        order_id=order_id, customer_id=cmd.customer_id, lines=lines,
+        total_cents=sum(line.line_total_cents for line in lines), placed_at=placed_at,
+    )
+    reserved = [
+        StockReserved(
+            product_id=line.product_id, order_id=order_id, quantity=line.quantity,
+            unit_price_cents=line.unit_price_cents,
+            stock=products[line.product_id].stock - line.quantity,
+        )
+        for line in sorted(lines, key=lambda line: line.product_id)
+    ]
+    return placed, reserved
+
+
+_TRANSITIONS: Final[dict[Action, tuple[frozenset[str], OrderStatus, str]]] = {
+    "pay": (frozenset({"placed"}), "paid", "paid"),
+    "ship": (frozenset({"paid"}), "shipped", "shipped"),
+    "cancel": (frozenset({"placed", "paid"}), "cancelled", "cancelled"),
+}
+
+
+def decide_transition(order: OrderRow, action: Action) -> EventData:
+    """The order event for `action`. Raises InvalidTransition."""
+    allowed_from, _, verb = _TRANSITIONS[action]
+    if order.status not in allowed_from:
+        raise InvalidTransition(order.order_id, order.status, verb)
+    oid, cid, total = order.order_id, order.customer_id, order.total_cents
+    if action == "pay":
+        return OrderPaid(order_id=oid, customer_id=cid, total_cents=total)
+    if action == "ship":
+        return OrderShipped(order_id=oid, customer_id=cid, total_cents=total)
+    return OrderCancelled(order_id=oid, customer_id=cid, total_cents=total,
+                          previous_status=order.status)
+
+
+def check_version(order: OrderRow, expected: int | None) -> None:
+    """Raises VersionMismatch when an If-Match version is given and the order moved on."""
+    if expected is not None and expected != order.version:
+        raise VersionMismatch(order.order_id, expected, order.version)
+
+
+# ---- handlers ----------------------------------------------------------------------------
+
+async def _lock_products(
+    conn: asyncpg.Connection, product_ids: Sequence[uuid.UUID]
+) -> dict[uuid.UUID, ProductRow]:
+    rows = await conn.fetch(
+        "SELECT product_id, sku, name, price_cents, stock, version FROM products"
+        " WHERE product_id = ANY($1::uuid[]) ORDER BY product_id FOR UPDATE",
+        list(product_ids),
+    )
+    return {r["product_id"]: ProductRow(**dict(r)) for r in rows}
+
+
+async def _save_stock(
+    conn: asyncpg.Connection, products: Mapping[uuid.UUID, ProductRow],
+    changes: Sequence[StockReserved | StockReleased],
+) -> list[NewEvent]:
+    """Write each product's new stock and version; return its events, in product-id order."""
+    events = [
+        NewEvent(stream_type="product", stream_id=str(c.product_id),
+                 stream_version=products[c.product_id].version + 1, data=c)
+        for c in changes
+    ]
+    await conn.execute(
+        "UPDATE products AS p SET stock = u.stock, version = u.version, updated_at = now()"
+        " FROM unnest($1::uuid[], $2::bigint[], $3::int[]) AS u(product_id, stock, version)"
+        " WHERE p.product_id = u.product_id",
+        [c.product_id for c in changes], [c.stock for c in changes],
+        [e.stream_version for e in events],
+    )
+    return events
+
+
+async def place_order(
+    conn: asyncpg.Connection, cmd: PlaceOrder, meta: EventMetadata
+) -> OrderResult:
+    """Emits OrderPlaced (order version 1) then StockReserved per line (in product-id order).
+    Raises DuplicateLines, UnknownProducts, InsufficientStock."""
+    order_id = uuid.uuid4()
+    products = await _lock_products(conn, [line.product_id for line in cmd.lines])
+    placed, reserved = decide_place_order(order_id, cmd, products, datetime.now(UTC))
+    product_events = await _save_stock(conn, products, reserved)
+    await conn.execute(
+        "INSERT INTO orders (order_id, customer_id, status, total_cents, version, placed_at,"
+        " updated_at) VALUES ($1, $2, 'placed', $3, 1, $4, $4)",
+        order_id, cmd.customer_id, placed.total_cents, placed.placed_at,
+    )
+    await conn.execute(
+        "INSERT INTO order_lines (order_id, line_no, product_id, quantity, unit_price_cents)"
+        " SELECT $1, l.n, l.product_id, l.quantity, l.price"
+        " FROM unnest($2::uuid[], $3::int[], $4::bigint[]) WITH ORDINALITY"
+        "   AS l(product_id, quantity, price, n)",
+        order_id, [x.product_id for x in placed.lines], [x.quantity for x in placed.lines],
+        [x.unit_price_cents for x in placed.lines],
+    )
+    order_event = NewEvent(stream_type="order", stream_id=str(order_id), stream_version=1,
+                           data=placed)
+    position = await append_events(conn, [order_event, *product_events], meta)
+    return OrderResult(order_id=order_id, customer_id=cmd.customer_id, status="placed",
+                       total_cents=placed.total_cents, version=1, position=position)
+
+
+async def transition_order(
+    conn: asyncpg.Connection, order_id: uuid.UUID, action: Action,
+    expected_version: int | None, meta: EventMetadata,
+) -> OrderResult:
+    """Emits OrderPaid, OrderShipped or OrderCancelled (then StockReleased per line).
+    Raises OrderNotFound, VersionMismatch, InvalidTransition."""
+    row = await conn.fetchrow(
+        "SELECT order_id, customer_id, status, total_cents, version FROM orders"
+        " WHERE order_id = $1 FOR UPDATE", order_id,
+    )
+    if row is None:
+        raise OrderNotFound(order_id)
+    order = OrderRow(**dict(row))
+    check_version(order, expected_version)
+    event = decide_transition(order, action)
+    status = _TRANSITIONS[action][1]
+    version = order.version + 1
+    await conn.execute(
+        "UPDATE orders SET status = $2, version = $3, updated_at = now() WHERE order_id = $1",
+        order_id, status, version,
+    )
+    events = [NewEvent(stream_type="order", stream_id=str(order_id), stream_version=version,
+                       data=event)]
+    if action == "cancel":
+        events += await _release_stock(conn, order_id)
+    position = await append_events(conn, events, meta)
+    return OrderResult(order_id=order_id, customer_id=order.customer_id, status=status,
+                       total_cents=order.total_cents, version=version, position=position)
+
+
+async def _release_stock(conn: asyncpg.Connection, order_id: uuid.UUID) -> list[NewEvent]:
+    lines = await conn.fetch(
+        "SELECT product_id, quantity, unit_price_cents FROM order_lines WHERE order_id = $1",
+        order_id,
+    )
+    products = await _lock_products(conn, [line["product_id"] for line in lines])
+    released = [
+        StockReleased(
+            product_id=line["product_id"], order_id=order_id, quantity=line["quantity"],
+            unit_price_cents=line["unit_price_cents"],
+            stock=products[line["product_id"]].stock + line["quantity"],
+        )
+        for line in sorted(lines, key=lambda line: line["product_id"])
+    ]
+    return await _save_stock(conn, products, released)

@@ -1,0 +1,171 @@
+"""HTTP command endpoints: parse, run the handler in one transaction, respond.
+
+`execute` is the unit of work: it opens the transaction, claims the Idempotency-Key, calls the
+handler, stores the response under the key, commits, then wakes the relay. Deadlocks and
+serialization failures are retried; an unreachable PostgreSQL answers 503 with Retry-After.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Final
+
+import asyncpg
+import msgspec
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from app.commands import idempotency
+from app.commands.http import correlation_id, decode_json, expected_version, idempotency_key
+from app.commands.orders import Action, OrderResult, PlaceOrder, place_order, transition_order
+from app.commands.outbox import EventMetadata
+from app.commands.products import CreateProduct, RestockProduct, create_product, restock_product
+from app.problems import ServiceUnavailable
+
+log = logging.getLogger(__name__)
+
+_RETRIES: Final = 3
+_UNAVAILABLE = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.TooManyConnectionsError,
+    asyncpg.AdminShutdownError,
+)
+_encoder = msgspec.json.Encoder()
+
+
+@dataclass(frozen=True, slots=True)
+class CommandContext:
+    """What the command endpoints need, built by the composition root."""
+
+    pool: asyncpg.Pool
+    idempotency_ttl_s: int
+    acquire_timeout_s: float
+    on_commit: Callable[[], None]
+
+
+Handler = Callable[[asyncpg.Connection, EventMetadata], Awaitable[msgspec.Struct]]
+
+
+def _context(request: Request) -> CommandContext:
+    context: CommandContext = request.app.state.commands
+    return context
+
+
+def _success(
+    result: msgspec.Struct, status: int, location: str | None
+) -> idempotency.StoredResponse:
+    headers = {"X-Event-Position": str(result.position)}  # type: ignore[attr-defined]
+    if isinstance(result, OrderResult):
+        headers["ETag"] = f'"{result.version}"'
+    if location is not None:
+        headers["Location"] = location
+    return idempotency.StoredResponse(status=status, headers=headers,
+                                      body=_encoder.encode(result))
+
+
+async def execute(
+    request: Request, handler: Handler, *, status: int = 200,
+    location: Callable[[Any], str] | None = None, request_identity: bytes = b"",
+) -> Response:
+    context = _context(request)
+    key = idempotency_key(request)
+    meta = EventMetadata(correlation_id=correlation_id(request), idempotency_key=key)
+    fingerprint = idempotency.fingerprint(request.method, request.url.path,
+                                          request.headers.get("if-match", ""), request_identity)
+    for attempt in range(1, _RETRIES + 1):
+        try:
+            stored, replayed = await _run_once(context, handler, meta, key, fingerprint,
+                                               status, location)
+            break
+        except (asyncpg.DeadlockDetectedError, asyncpg.SerializationError):
+            if attempt == _RETRIES:
+                raise
+            log.warning("retrying a command after a transient conflict (attempt %d)", attempt)
+        except _UNAVAILABLE as exc:
+            log.warning("PostgreSQL unavailable for a command: %r", exc)
+            raise ServiceUnavailable("the database is unavailable; retry with the same"
+                                     " Idempotency-Key", headers={"Retry-After": "1"}) from None
+    if not replayed:
+        context.on_commit()
+    headers = {**stored.headers, "X-Correlation-ID": meta.correlation_id}
+    if replayed:
+        headers["Idempotent-Replayed"] = "true"
+    return Response(stored.body, status_code=stored.status, headers=headers,
+                    media_type="application/json")
+
+
+async def _run_once(
+    context: CommandContext, handler: Handler, meta: EventMetadata, key: str | None,
+    fingerprint: str, status: int, location: Callable[[Any], str] | None,
+) -> tuple[idempotency.StoredResponse, bool]:
+    async with (
+        context.pool.acquire(timeout=context.acquire_timeout_s) as conn,
+        conn.transaction(),
+    ):
+        if key is not None:
+            previous = await idempotency.claim(conn, key, fingerprint, context.idempotency_ttl_s)
+            if previous is not None:
+                return previous, True
+        result = await handler(conn, meta)
+        stored = _success(result, status, location(result) if location else None)
+        if key is not None:
+            await idempotency.store(conn, key, stored)
+        return stored, False
+
+
+# ---- endpoints ---------------------------------------------------------------------------
+
+async def post_products(request: Request) -> Response:
+    cmd = await decode_json(request, CreateProduct)
+    return await execute(
+        request, lambda conn, meta: create_product(conn, cmd, meta), status=201,
+        location=lambda r: f"/products/{r.product_id}", request_identity=_encoder.encode(cmd),
+    )
+
+
+async def post_restock(request: Request) -> Response:
+    product_id: uuid.UUID = request.path_params["product_id"]
+    cmd = await decode_json(request, RestockProduct)
+    return await execute(
+        request, lambda conn, meta: restock_product(conn, product_id, cmd, meta),
+        request_identity=_encoder.encode(cmd),
+    )
+
+
+async def post_orders(request: Request) -> Response:
+    cmd = await decode_json(request, PlaceOrder)
+    return await execute(
+        request, lambda conn, meta: place_order(conn, cmd, meta), status=201,
+        location=lambda r: f"/orders/{r.order_id}", request_identity=_encoder.encode(cmd),
+    )
+
+
+def _transition(action: Action) -> Callable[[Request], Awaitable[Response]]:
+    async def endpoint(request: Request) -> Response:
+        order_id: uuid.UUID = request.path_params["order_id"]
+        version = expected_version(request)
+        return await execute(
+            request, lambda conn, meta: transition_order(conn, order_id, action, version, meta)
+        )
+
+    endpoint.__name__ = f"post_order_{action}"
+    return endpoint
+
+
+def routes() -> list[Route]:
+    return [
+        Route("/products", post_products, methods=["POST"]),
+        Route("/products/{product_id:uuid}/restock", post_restock, methods=["POST"]),
+        Route("/orders", post_orders, methods=["POST"]),
+        Route("/orders/{order_id:uuid}/pay", _transition("pay"), methods=["POST"]),
+        Route("/orders/{order_id:uuid}/ship", _transition("ship"), methods=["POST"]),
+        Route("/orders/{order_id:uuid}/cancel", _transition("cancel"), methods=["POST"]),
+    ]

@@ -1,0 +1,153 @@
+"""The event contract shared by the write side, the relay, the projector and the queries.
+
+Each event type has a msgspec Struct for its `data`; `Envelope` is what the relay publishes
+(DESIGN §5) and what the projector consumes. Event data carries every fact a reader needs, so
+no reader ever asks the write side: order events carry the customer and the total, product
+events carry the product's stock after the change.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any, Final, Literal, NewType
+
+import msgspec
+
+ProductId = NewType("ProductId", uuid.UUID)
+OrderId = NewType("OrderId", uuid.UUID)
+CustomerId = NewType("CustomerId", str)
+Position = NewType("Position", int)
+
+StreamType = Literal["order", "product"]
+OrderStatus = Literal["placed", "paid", "shipped", "cancelled"]
+
+SCHEMA_VERSION: Final = 1
+
+
+class EventData(msgspec.Struct, frozen=True, kw_only=True):
+    """Base of every event's data."""
+
+
+class ProductCreated(EventData, frozen=True, kw_only=True):
+    product_id: uuid.UUID
+    sku: str
+    name: str
+    price_cents: int
+    stock: int
+
+
+class ProductRestocked(EventData, frozen=True, kw_only=True):
+    product_id: uuid.UUID
+    quantity: int
+    stock: int
+
+
+class StockReserved(EventData, frozen=True, kw_only=True):
+    product_id: uuid.UUID
+    order_id: uuid.UUID
+    quantity: int
+    unit_price_cents: int
+    stock: int
+
+
+class StockReleased(EventData, frozen=True, kw_only=True):
+    product_id: uuid.UUID
+    order_id: uuid.UUID
+    quantity: int
+    unit_price_cents: int
+    stock: int
+
+
+class OrderLine(msgspec.Struct, frozen=True, kw_only=True):
+    product_id: uuid.UUID
+    sku: str
+    name: str
+    quantity: int
+    unit_price_cents: int
+    line_total_cents: int
+
+
+class OrderPlaced(EventData, frozen=True, kw_only=True):
+    order_id: uuid.UUID
+    customer_id: str
+    lines: tuple[OrderLine, ...]
+    total_cents: int
+    placed_at: datetime
+
+
+class OrderPaid(EventData, frozen=True, kw_only=True):
+    order_id: uuid.UUID
+    customer_id: str
+    total_cents: int
+
+
+class OrderShipped(EventData, frozen=True, kw_only=True):
+    order_id: uuid.UUID
+    customer_id: str
+    total_cents: int
+
+
+class OrderCancelled(EventData, frozen=True, kw_only=True):
+    order_id: uuid.UUID
+    customer_id: str
+    total_cents: int
+    previous_status: OrderStatus
+
+
+# type name -> (stream type, routing key, data struct)
+EVENT_TYPES: Final[dict[str, tuple[StreamType, str, type[EventData]]]] = {
+    "ProductCreated": ("product", "product.created", ProductCreated),
+    "ProductRestocked": ("product", "product.restocked", ProductRestocked),
+    "StockReserved": ("product", "product.stock_reserved", StockReserved),
+    "StockReleased": ("product", "product.stock_released", StockReleased),
+    "OrderPlaced": ("order", "order.placed", OrderPlaced),
+    "OrderPaid": ("order", "order.paid", OrderPaid),
+    "OrderShipped": ("order", "order.shipped", OrderShipped),
+    "OrderCancelled": ("order", "order.cancelled", OrderCancelled),
+}
+
+
+def event_type(data: EventData) -> str:
+    return type(data).__name__
+
+
+def routing_key(type_name: str) -> str:
+    """`<stream_type>.<event>`; an unknown type still gets a stable, bindable key."""
+    known = EVENT_TYPES.get(type_name)
+    return known[1] if known else f"unknown.{type_name}"
+
+
+class NewEvent(msgspec.Struct, frozen=True, kw_only=True):
+    """An event about to be appended to the log by the write side."""
+
+    stream_type: StreamType
+    stream_id: str
+    stream_version: int
+    data: EventData
+
+    @property
+    def type(self) -> str:
+        return event_type(self.data)
+
+
+class Envelope(msgspec.Struct, frozen=True, kw_only=True):
+    """One logged event as published to the broker (DESIGN §5); `data` stays a plain dict."""
+
+    event_id: uuid.UUID
+    type: str
+    schema_version: int
+    stream_type: str
+    stream_id: str
+    stream_version: int
+    position: int
+    prev_position: int
+    occurred_at: datetime
+    correlation_id: str | None
+    data: dict[str, Any]
+
+
+def decode_data(type_name: str, data: dict[str, Any]) -> EventData:
+    """Typed data of a known event type; raises KeyError for an unknown type and
+    msgspec.ValidationError for data that does not match the contract."""
+    return msgspec.convert(data, EVENT_TYPES[type_name][2])

@@ -1,0 +1,104 @@
+"""Settings: the environment read once, at start, into one frozen object.
+
+No other module reads the environment. A bad value fails the start with a message that names
+the variable, instead of surfacing later as a confusing runtime error.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields
+from typing import Any
+
+
+class SettingsError(ValueError):
+    """An environment variable holds a value the service cannot use."""
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    database_url: str = "postgresql://postgres@127.0.0.1:5432/postgres"
+    amqp_url: str = "amqp://guest:guest@127.0.0.1:5672/"
+    mongo_url: str = "mongodb://127.0.0.1:27017"
+    mongo_db: str = "shop"
+    host: str = "127.0.0.1"
+    port: int = 8000
+    log_level: str = "info"
+
+    # PostgreSQL pool and command handling
+    db_pool_min: int = 2
+    db_pool_max: int = 16
+    command_timeout_s: float = 10.0
+    idempotency_ttl_s: int = 86_400
+
+    # Broker topology (names are settings so tests and tenants can use their own)
+    exchange: str = "shop.events"
+    projector_queue: str = "shop.projector"
+    parked_queue: str = "shop.projector.parked"
+
+    # Relay
+    relay_enabled: bool = True
+    relay_poll_interval_s: float = 0.2
+    relay_batch_size: int = 1000
+    relay_confirm_window: int = 256
+    relay_name: str = "main"
+
+    # Projector and queries
+    projector_enabled: bool = True
+    projector_prefetch: int = 512
+    projector_batch_size: int = 256
+    read_wait_max_s: float = 5.0
+    read_poll_interval_s: float = 0.05
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Build settings from `environ` (default: os.environ), upper-case field names."""
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for field in fields(cls):
+            raw = env.get(field.name.upper())
+            if raw is None:
+                continue
+            values[field.name] = _parse(field.name.upper(), raw, _PARSERS[str(field.type)])
+        settings = cls(**values)
+        settings.check()
+        return settings
+
+    def check(self) -> None:
+        if not 1 <= self.port <= 65_535:
+            raise SettingsError(f"PORT must be 1..65535, got {self.port}")
+        if not 1 <= self.db_pool_min <= self.db_pool_max:
+            raise SettingsError("DB_POOL_MIN must be >= 1 and <= DB_POOL_MAX")
+        for name in ("relay_confirm_window", "relay_batch_size", "projector_prefetch",
+                     "projector_batch_size", "idempotency_ttl_s"):
+            if getattr(self, name) < 1:
+                raise SettingsError(f"{name.upper()} must be >= 1")
+        for name in ("relay_poll_interval_s", "read_wait_max_s", "read_poll_interval_s",
+                     "command_timeout_s"):
+            if getattr(self, name) <= 0:
+                raise SettingsError(f"{name.upper()} must be > 0")
+
+
+def _parse_bool(raw: str) -> bool:
+    lowered = raw.strip().lower()
+    if lowered in {"1", "true", "yes", "on"}:
+        return True
+    if lowered in {"0", "false", "no", "off"}:
+        return False
+    raise ValueError("expected one of 1/0, true/false, yes/no, on/off")
+
+
+_PARSERS: dict[str, Callable[[str], Any]] = {
+    "str": str,
+    "int": int,
+    "float": float,
+    "bool": _parse_bool,
+}
+
+
+def _parse(name: str, raw: str, parser: Callable[[str], Any]) -> Any:
+    try:
+        return parser(raw)
+    except ValueError as exc:
+        raise SettingsError(f"{name}={raw!r} is not valid: {exc}") from None
