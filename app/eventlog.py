@@ -1,0 +1,61 @@
+"""Reading the event log (PostgreSQL): shared by the relay and the projector's gap repair.
+
+Readers get committed events in position order. Note that a reader alone cannot tell a gap
+that will never fill (a rolled-back position) from one that commits late: that decision is the
+relay's (see app/commands/relay.py); the projector only reads ranges the relay already passed.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+import msgspec
+
+from app.events import Envelope
+
+
+class LoggedEvent(msgspec.Struct, frozen=True, kw_only=True):
+    position: int
+    event_id: uuid.UUID
+    type: str
+    schema_version: int
+    stream_type: str
+    stream_id: str
+    stream_version: int
+    occurred_at: datetime
+    correlation_id: str | None
+    data: str  # the JSON text of `events.data`, passed through undecoded
+
+    def envelope(self, prev_position: int) -> Envelope:
+        data: dict[str, Any] = msgspec.json.decode(self.data)
+        return Envelope(
+            event_id=self.event_id, type=self.type, schema_version=self.schema_version,
+            stream_type=self.stream_type, stream_id=self.stream_id,
+            stream_version=self.stream_version, position=self.position,
+            prev_position=prev_position, occurred_at=self.occurred_at,
+            correlation_id=self.correlation_id, data=data,
+        )
+
+
+_SELECT = (
+    "SELECT position, event_id, type, schema_version, stream_type, stream_id, stream_version,"
+    " occurred_at, metadata->>'correlation_id' AS correlation_id, data::text AS data"
+    " FROM events"
+)
+
+
+async def fetch_after(conn: asyncpg.Connection, after: int, limit: int) -> list[LoggedEvent]:
+    """Up to `limit` committed events with position > `after`, in position order."""
+    rows = await conn.fetch(f"{_SELECT} WHERE position > $1 ORDER BY position LIMIT $2",
+                            after, limit)
+    return [LoggedEvent(**dict(r)) for r in rows]
+
+
+async def fetch_range(conn: asyncpg.Connection, after: int, through: int) -> list[LoggedEvent]:
+    """Committed events with `after` < position <= `through`, in position order."""
+    rows = await conn.fetch(
+        f"{_SELECT} WHERE position > $1 AND position <= $2 ORDER BY position", after, through)
+    return [LoggedEvent(**dict(r)) for r in rows]
