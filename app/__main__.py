@@ -20,8 +20,9 @@ def main(argv: list[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(level=settings.log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     try:
         applied = asyncio.run(migrate(settings.database_url))
     except MigrationError as exc:
@@ -39,9 +40,15 @@ def serve(settings: Settings) -> int:
     from app.main import create_app
 
     uvicorn.run(
-        create_app(settings), host=settings.host, port=settings.port, loop="uvloop",
-        http="httptools", lifespan="on", log_level=settings.log_level,
-        timeout_graceful_shutdown=10, access_log=False,
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        loop="uvloop",
+        http="httptools",
+        lifespan="on",
+        log_level=settings.log_level,
+        timeout_graceful_shutdown=10,
+        access_log=False,
     )
     return 0
 

@@ -26,7 +26,8 @@ async def connect(settings: Settings) -> aiormq.abc.AbstractConnection:
 async def declare_topology(channel: aiormq.abc.AbstractChannel, settings: Settings) -> None:
     await channel.exchange_declare(settings.exchange, exchange_type="topic", durable=True)
     await channel.queue_declare(
-        settings.projector_queue, durable=True,
+        settings.projector_queue,
+        durable=True,
         arguments={**_QUORUM, "x-single-active-consumer": True},
     )
     await channel.queue_bind(settings.projector_queue, settings.exchange, routing_key="#")

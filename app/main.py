@@ -56,15 +56,19 @@ def create_app(settings: Settings) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         pool = await asyncpg.create_pool(
-            settings.database_url, min_size=settings.db_pool_min, max_size=settings.db_pool_max,
+            settings.database_url,
+            min_size=settings.db_pool_min,
+            max_size=settings.db_pool_max,
         )
         assert pool is not None
         commit_signal = asyncio.Event()
         app.state.pool = pool
         app.state.commit_signal = commit_signal
         app.state.commands = CommandContext(
-            pool=pool, idempotency_ttl_s=settings.idempotency_ttl_s,
-            acquire_timeout_s=settings.command_timeout_s, on_commit=commit_signal.set,
+            pool=pool,
+            idempotency_ttl_s=settings.idempotency_ttl_s,
+            acquire_timeout_s=settings.command_timeout_s,
+            on_commit=commit_signal.set,
         )
         tasks = [
             asyncio.create_task(

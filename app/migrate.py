@@ -75,8 +75,10 @@ async def _apply_pending(conn: asyncpg.Connection, migrations: list[Migration]) 
         " name text NOT NULL, checksum text NOT NULL,"
         " applied_at timestamptz NOT NULL DEFAULT now())"
     )
-    recorded = {r["version"]: r for r in await conn.fetch(
-        "SELECT version, name, checksum FROM schema_migrations")}
+    recorded = {
+        r["version"]: r
+        for r in await conn.fetch("SELECT version, name, checksum FROM schema_migrations")
+    }
     applied: list[str] = []
     for migration in migrations:
         row = recorded.get(migration.version)
@@ -92,7 +94,9 @@ async def _apply_pending(conn: asyncpg.Connection, migrations: list[Migration]) 
             await conn.execute(migration.sql)
             await conn.execute(
                 "INSERT INTO schema_migrations (version, name, checksum) VALUES ($1, $2, $3)",
-                migration.version, migration.name, migration.checksum,
+                migration.version,
+                migration.name,
+                migration.checksum,
             )
         log.info("applied migration %s", migration.name)
         applied.append(migration.name)

@@ -42,8 +42,15 @@ class Problem(Exception):
     slug: str = "bad-request"
     title: str | None = None
 
-    def __init__(self, detail: str, *, headers: dict[str, str] | None = None,
-                 status: int | None = None, slug: str | None = None, **extra: Any) -> None:
+    def __init__(
+        self,
+        detail: str,
+        *,
+        headers: dict[str, str] | None = None,
+        status: int | None = None,
+        slug: str | None = None,
+        **extra: Any,
+    ) -> None:
         super().__init__(detail)
         self.detail = detail
         if status is not None:
@@ -116,8 +123,11 @@ async def _on_http_exception(request: Request, exc: Exception) -> Response:
 async def _on_unexpected(request: Request, exc: Exception) -> Response:
     log.exception("unhandled error on %s %s", request.method, request.url.path)
     return problem_response(
-        Problem("the server failed to handle this request; it has been logged",
-                status=500, slug="internal-error")
+        Problem(
+            "the server failed to handle this request; it has been logged",
+            status=500,
+            slug="internal-error",
+        )
     )
 
 

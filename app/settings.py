@@ -70,12 +70,21 @@ class Settings:
             raise SettingsError(f"PORT must be 1..65535, got {self.port}")
         if not 1 <= self.db_pool_min <= self.db_pool_max:
             raise SettingsError("DB_POOL_MIN must be >= 1 and <= DB_POOL_MAX")
-        for name in ("relay_confirm_window", "relay_batch_size", "projector_prefetch",
-                     "projector_batch_size", "idempotency_ttl_s"):
+        for name in (
+            "relay_confirm_window",
+            "relay_batch_size",
+            "projector_prefetch",
+            "projector_batch_size",
+            "idempotency_ttl_s",
+        ):
             if getattr(self, name) < 1:
                 raise SettingsError(f"{name.upper()} must be >= 1")
-        for name in ("relay_poll_interval_s", "read_wait_max_s", "read_poll_interval_s",
-                     "command_timeout_s"):
+        for name in (
+            "relay_poll_interval_s",
+            "read_wait_max_s",
+            "read_poll_interval_s",
+            "command_timeout_s",
+        ):
             if getattr(self, name) <= 0:
                 raise SettingsError(f"{name.upper()} must be > 0")
 

@@ -35,14 +35,18 @@ def _dsn_for(database: str) -> str:
     return urlunsplit(parts._replace(path=f"/{database}"))
 
 
-async def _create_database() -> tuple[str, str]:
+async def _create_empty_database() -> tuple[str, str]:
     name = f"shop_test_{uuid.uuid4().hex[:12]}"
     conn = await asyncpg.connect(ADMIN_DSN)
     try:
         await conn.execute(f'CREATE DATABASE "{name}"')
     finally:
         await conn.close()
-    dsn = _dsn_for(name)
+    return name, _dsn_for(name)
+
+
+async def _create_database() -> tuple[str, str]:
+    name, dsn = await _create_empty_database()
     await migrate(dsn)
     return name, dsn
 
@@ -96,7 +100,8 @@ def mongo_url() -> Iterator[str]:
     port = _free_port()
     process = subprocess.Popen(  # noqa: S603 - our own interpreter, fixed arguments
         [sys.executable, "-m", "secantus", "--port", str(port), "--storage-path", storage],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     try:
         _wait_for_port(port, process)
@@ -147,10 +152,16 @@ class Server:
         self.settings = settings
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self._server = uvicorn.Server(uvicorn.Config(
-            create_app(settings), host="127.0.0.1", port=self.port, lifespan="on",
-            log_level="warning", loop="asyncio",
-        ))
+        self._server = uvicorn.Server(
+            uvicorn.Config(
+                create_app(settings),
+                host="127.0.0.1",
+                port=self.port,
+                lifespan="on",
+                log_level="warning",
+                loop="asyncio",
+            )
+        )
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -191,6 +202,7 @@ async def start_server(settings: Settings) -> AsyncIterator[ServerFactory]:
 async def client(start_server: ServerFactory) -> AsyncIterator[httpx.AsyncClient]:
     """An HTTP client for the write side served by a real server (relay and projector off)."""
     server = await start_server()
-    async with httpx.AsyncClient(base_url=server.url, timeout=30,
-                                 limits=httpx.Limits(max_connections=200)) as http:
+    async with httpx.AsyncClient(
+        base_url=server.url, timeout=30, limits=httpx.Limits(max_connections=200)
+    ) as http:
         yield http

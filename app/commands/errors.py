@@ -33,7 +33,6 @@ class SkuTaken(Problem):
         super().__init__(f"a product with sku {sku!r} already exists", sku=sku)
 
 
-
 class InsufficientStock(Problem):
     status = 409
     slug = "insufficient-stock"
@@ -59,7 +58,9 @@ class InvalidTransition(Problem):
     def __init__(self, order_id: uuid.UUID, status: str, action: str) -> None:
         super().__init__(
             f"order {order_id} is {status}; it cannot be {action}",
-            order_id=str(order_id), order_status=status, action=action,
+            order_id=str(order_id),
+            order_status=status,
+            action=action,
         )
 
 
@@ -70,7 +71,9 @@ class VersionMismatch(Problem):
     def __init__(self, order_id: uuid.UUID, expected: int, actual: int) -> None:
         super().__init__(
             f"order {order_id} is at version {actual}, not {expected}",
-            order_id=str(order_id), expected_version=expected, current_version=actual,
+            order_id=str(order_id),
+            expected_version=expected,
+            current_version=actual,
             headers={"ETag": f'"{actual}"'},
         )
 
@@ -92,7 +95,10 @@ class StockLimitExceeded(Problem):
     def __init__(self, product_id: uuid.UUID, stock: int, quantity: int, limit: int) -> None:
         super().__init__(
             f"restocking product {product_id} by {quantity} would pass the limit of {limit}",
-            product_id=str(product_id), stock=stock, quantity=quantity, limit=limit,
+            product_id=str(product_id),
+            stock=stock,
+            quantity=quantity,
+            limit=limit,
         )
 
 

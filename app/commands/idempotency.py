@@ -44,7 +44,9 @@ async def claim(
         "   headers = NULL, body = NULL, created_at = now()"
         " WHERE idempotency_keys.created_at < now() - make_interval(secs => $3)"
         " RETURNING true",
-        key, request_fingerprint, float(ttl_s),
+        key,
+        request_fingerprint,
+        float(ttl_s),
     )
     if owned:
         return None
@@ -61,7 +63,10 @@ async def claim(
 async def store(conn: asyncpg.Connection, key: str, response: StoredResponse) -> None:
     await conn.execute(
         "UPDATE idempotency_keys SET status = $2, headers = $3::jsonb, body = $4 WHERE key = $1",
-        key, response.status, msgspec.json.encode(response.headers).decode(), response.body,
+        key,
+        response.status,
+        msgspec.json.encode(response.headers).decode(),
+        response.body,
     )
 
 
@@ -70,6 +75,7 @@ async def purge_expired(conn: asyncpg.Connection, ttl_s: int, batch: int = 1000)
     status: str = await conn.execute(
         "DELETE FROM idempotency_keys WHERE key IN (SELECT key FROM idempotency_keys"
         " WHERE created_at < now() - make_interval(secs => $1) LIMIT $2)",
-        float(ttl_s), batch,
+        float(ttl_s),
+        batch,
     )
     return int(status.split()[-1])

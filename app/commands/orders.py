@@ -88,8 +88,11 @@ class OrderRow:
 
 # ---- decisions (pure) --------------------------------------------------------------------
 
+
 def decide_place_order(
-    order_id: uuid.UUID, cmd: PlaceOrder, products: Mapping[uuid.UUID, ProductRow],
+    order_id: uuid.UUID,
+    cmd: PlaceOrder,
+    products: Mapping[uuid.UUID, ProductRow],
     placed_at: datetime,
 ) -> tuple[OrderPlaced, list[StockReserved]]:
     """Price the order from `products` (locked rows) and reserve stock line by line.
@@ -101,27 +104,41 @@ def decide_place_order(
     if unknown:
         raise UnknownProducts(unknown)
     short = [
-        {"product_id": str(line.product_id), "sku": products[line.product_id].sku,
-         "requested": line.quantity, "available": products[line.product_id].stock}
-        for line in cmd.lines if products[line.product_id].stock < line.quantity
+        {
+            "product_id": str(line.product_id),
+            "sku": products[line.product_id].sku,
+            "requested": line.quantity,
+            "available": products[line.product_id].stock,
+        }
+        for line in cmd.lines
+        if products[line.product_id].stock < line.quantity
     ]
     if short:
         raise InsufficientStock(short)
     lines = tuple(
         OrderLine(
-            product_id=p.product_id, sku=p.sku, name=p.name, quantity=line.quantity,
-            unit_price_cents=p.price_cents, line_total_cents=p.price_cents * line.quantity,
+            product_id=p.product_id,
+            sku=p.sku,
+            name=p.name,
+            quantity=line.quantity,
+            unit_price_cents=p.price_cents,
+            line_total_cents=p.price_cents * line.quantity,
         )
         for line in cmd.lines
         for p in (products[line.product_id],)
     )
     placed = OrderPlaced(
-        order_id=order_id, customer_id=cmd.customer_id, lines=lines,
-        total_cents=sum(line.line_total_cents for line in lines), placed_at=placed_at,
+        order_id=order_id,
+        customer_id=cmd.customer_id,
+        lines=lines,
+        total_cents=sum(line.line_total_cents for line in lines),
+        placed_at=placed_at,
     )
     reserved = [
         StockReserved(
-            product_id=line.product_id, order_id=order_id, quantity=line.quantity,
+            product_id=line.product_id,
+            order_id=order_id,
+            quantity=line.quantity,
             unit_price_cents=line.unit_price_cents,
             stock=products[line.product_id].stock - line.quantity,
         )
@@ -147,8 +164,9 @@ def decide_transition(order: OrderRow, action: Action) -> EventData:
         return OrderPaid(order_id=oid, customer_id=cid, total_cents=total)
     if action == "ship":
         return OrderShipped(order_id=oid, customer_id=cid, total_cents=total)
-    return OrderCancelled(order_id=oid, customer_id=cid, total_cents=total,
-                          previous_status=order.status)
+    return OrderCancelled(
+        order_id=oid, customer_id=cid, total_cents=total, previous_status=order.status
+    )
 
 
 def check_version(order: OrderRow, expected: int | None) -> None:
@@ -158,6 +176,7 @@ def check_version(order: OrderRow, expected: int | None) -> None:
 
 
 # ---- handlers ----------------------------------------------------------------------------
+
 
 async def _lock_products(
     conn: asyncpg.Connection, product_ids: Sequence[uuid.UUID]
@@ -171,20 +190,26 @@ async def _lock_products(
 
 
 async def _save_stock(
-    conn: asyncpg.Connection, products: Mapping[uuid.UUID, ProductRow],
+    conn: asyncpg.Connection,
+    products: Mapping[uuid.UUID, ProductRow],
     changes: Sequence[StockReserved | StockReleased],
 ) -> list[NewEvent]:
     """Write each product's new stock and version; return its events, in product-id order."""
     events = [
-        NewEvent(stream_type="product", stream_id=str(c.product_id),
-                 stream_version=products[c.product_id].version + 1, data=c)
+        NewEvent(
+            stream_type="product",
+            stream_id=str(c.product_id),
+            stream_version=products[c.product_id].version + 1,
+            data=c,
+        )
         for c in changes
     ]
     await conn.execute(
         "UPDATE products AS p SET stock = u.stock, version = u.version, updated_at = now()"
         " FROM unnest($1::uuid[], $2::bigint[], $3::int[]) AS u(product_id, stock, version)"
         " WHERE p.product_id = u.product_id",
-        [c.product_id for c in changes], [c.stock for c in changes],
+        [c.product_id for c in changes],
+        [c.stock for c in changes],
         [e.stream_version for e in events],
     )
     return events
@@ -202,32 +227,48 @@ async def place_order(
     await conn.execute(
         "INSERT INTO orders (order_id, customer_id, status, total_cents, version, placed_at,"
         " updated_at) VALUES ($1, $2, 'placed', $3, 1, $4, $4)",
-        order_id, cmd.customer_id, placed.total_cents, placed.placed_at,
+        order_id,
+        cmd.customer_id,
+        placed.total_cents,
+        placed.placed_at,
     )
     await conn.execute(
         "INSERT INTO order_lines (order_id, line_no, product_id, quantity, unit_price_cents)"
         " SELECT $1, l.n, l.product_id, l.quantity, l.price"
         " FROM unnest($2::uuid[], $3::int[], $4::bigint[]) WITH ORDINALITY"
         "   AS l(product_id, quantity, price, n)",
-        order_id, [x.product_id for x in placed.lines], [x.quantity for x in placed.lines],
+        order_id,
+        [x.product_id for x in placed.lines],
+        [x.quantity for x in placed.lines],
         [x.unit_price_cents for x in placed.lines],
     )
-    order_event = NewEvent(stream_type="order", stream_id=str(order_id), stream_version=1,
-                           data=placed)
+    order_event = NewEvent(
+        stream_type="order", stream_id=str(order_id), stream_version=1, data=placed
+    )
     position = await append_events(conn, [order_event, *product_events], meta)
-    return OrderResult(order_id=order_id, customer_id=cmd.customer_id, status="placed",
-                       total_cents=placed.total_cents, version=1, position=position)
+    return OrderResult(
+        order_id=order_id,
+        customer_id=cmd.customer_id,
+        status="placed",
+        total_cents=placed.total_cents,
+        version=1,
+        position=position,
+    )
 
 
 async def transition_order(
-    conn: asyncpg.Connection, order_id: uuid.UUID, action: Action,
-    expected_version: int | None, meta: EventMetadata,
+    conn: asyncpg.Connection,
+    order_id: uuid.UUID,
+    action: Action,
+    expected_version: int | None,
+    meta: EventMetadata,
 ) -> OrderResult:
     """Emits OrderPaid, OrderShipped or OrderCancelled (then StockReleased per line).
     Raises OrderNotFound, VersionMismatch, InvalidTransition."""
     row = await conn.fetchrow(
         "SELECT order_id, customer_id, status, total_cents, version FROM orders"
-        " WHERE order_id = $1 FOR UPDATE", order_id,
+        " WHERE order_id = $1 FOR UPDATE",
+        order_id,
     )
     if row is None:
         raise OrderNotFound(order_id)
@@ -238,15 +279,24 @@ async def transition_order(
     version = order.version + 1
     await conn.execute(
         "UPDATE orders SET status = $2, version = $3, updated_at = now() WHERE order_id = $1",
-        order_id, status, version,
+        order_id,
+        status,
+        version,
     )
-    events = [NewEvent(stream_type="order", stream_id=str(order_id), stream_version=version,
-                       data=event)]
+    events = [
+        NewEvent(stream_type="order", stream_id=str(order_id), stream_version=version, data=event)
+    ]
     if action == "cancel":
         events += await _release_stock(conn, order_id)
     position = await append_events(conn, events, meta)
-    return OrderResult(order_id=order_id, customer_id=order.customer_id, status=status,
-                       total_cents=order.total_cents, version=version, position=position)
+    return OrderResult(
+        order_id=order_id,
+        customer_id=order.customer_id,
+        status=status,
+        total_cents=order.total_cents,
+        version=version,
+        position=position,
+    )
 
 
 async def _release_stock(conn: asyncpg.Connection, order_id: uuid.UUID) -> list[NewEvent]:
@@ -257,7 +307,9 @@ async def _release_stock(conn: asyncpg.Connection, order_id: uuid.UUID) -> list[
     products = await _lock_products(conn, [line["product_id"] for line in lines])
     released = [
         StockReleased(
-            product_id=line["product_id"], order_id=order_id, quantity=line["quantity"],
+            product_id=line["product_id"],
+            order_id=order_id,
+            quantity=line["quantity"],
             unit_price_cents=line["unit_price_cents"],
             stock=products[line["product_id"]].stock + line["quantity"],
         )

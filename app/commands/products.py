@@ -68,21 +68,34 @@ async def create_product(
     inserted = await conn.fetchval(
         "INSERT INTO products (product_id, sku, name, price_cents, stock, version)"
         " VALUES ($1, $2, $3, $4, $5, 1) ON CONFLICT (sku) DO NOTHING RETURNING 1",
-        product_id, cmd.sku, cmd.name, cmd.price_cents, cmd.stock,
+        product_id,
+        cmd.sku,
+        cmd.name,
+        cmd.price_cents,
+        cmd.stock,
     )
     if inserted is None:
         raise SkuTaken(cmd.sku)
     event = ProductCreated(
-        product_id=product_id, sku=cmd.sku, name=cmd.name,
-        price_cents=cmd.price_cents, stock=cmd.stock,
+        product_id=product_id,
+        sku=cmd.sku,
+        name=cmd.name,
+        price_cents=cmd.price_cents,
+        stock=cmd.stock,
     )
     position = await append_events(
-        conn, [NewEvent(stream_type="product", stream_id=str(product_id), stream_version=1,
-                        data=event)], meta,
+        conn,
+        [NewEvent(stream_type="product", stream_id=str(product_id), stream_version=1, data=event)],
+        meta,
     )
     return ProductResult(
-        product_id=product_id, sku=cmd.sku, name=cmd.name, price_cents=cmd.price_cents,
-        stock=cmd.stock, version=1, position=position,
+        product_id=product_id,
+        sku=cmd.sku,
+        name=cmd.name,
+        price_cents=cmd.price_cents,
+        stock=cmd.stock,
+        version=1,
+        position=position,
     )
 
 
@@ -99,11 +112,19 @@ async def restock_product(
     version = row["version"] + 1
     await conn.execute(
         "UPDATE products SET stock = $2, version = $3, updated_at = now() WHERE product_id = $1",
-        product_id, event.stock, version,
+        product_id,
+        event.stock,
+        version,
     )
     position: Position = await append_events(
-        conn, [NewEvent(stream_type="product", stream_id=str(product_id),
-                        stream_version=version, data=event)], meta,
+        conn,
+        [
+            NewEvent(
+                stream_type="product", stream_id=str(product_id), stream_version=version, data=event
+            )
+        ],
+        meta,
     )
-    return RestockResult(product_id=product_id, stock=event.stock, version=version,
-                         position=position)
+    return RestockResult(
+        product_id=product_id, stock=event.stock, version=version, position=position
+    )

@@ -67,23 +67,28 @@ def _success(
         headers["ETag"] = f'"{result.version}"'
     if location is not None:
         headers["Location"] = location
-    return idempotency.StoredResponse(status=status, headers=headers,
-                                      body=_encoder.encode(result))
+    return idempotency.StoredResponse(status=status, headers=headers, body=_encoder.encode(result))
 
 
 async def execute(
-    request: Request, handler: Handler, *, status: int = 200,
-    location: Callable[[Any], str] | None = None, request_identity: bytes = b"",
+    request: Request,
+    handler: Handler,
+    *,
+    status: int = 200,
+    location: Callable[[Any], str] | None = None,
+    request_identity: bytes = b"",
 ) -> Response:
     context = _context(request)
     key = idempotency_key(request)
     meta = EventMetadata(correlation_id=correlation_id(request), idempotency_key=key)
-    fingerprint = idempotency.fingerprint(request.method, request.url.path,
-                                          request.headers.get("if-match", ""), request_identity)
+    fingerprint = idempotency.fingerprint(
+        request.method, request.url.path, request.headers.get("if-match", ""), request_identity
+    )
     for attempt in range(1, _RETRIES + 1):
         try:
-            stored, replayed = await _run_once(context, handler, meta, key, fingerprint,
-                                               status, location)
+            stored, replayed = await _run_once(
+                context, handler, meta, key, fingerprint, status, location
+            )
             break
         except (asyncpg.DeadlockDetectedError, asyncpg.SerializationError):
             if attempt == _RETRIES:
@@ -91,20 +96,28 @@ async def execute(
             log.warning("retrying a command after a transient conflict (attempt %d)", attempt)
         except _UNAVAILABLE as exc:
             log.warning("PostgreSQL unavailable for a command: %r", exc)
-            raise ServiceUnavailable("the database is unavailable; retry with the same"
-                                     " Idempotency-Key", headers={"Retry-After": "1"}) from None
+            raise ServiceUnavailable(
+                "the database is unavailable; retry with the same Idempotency-Key",
+                headers={"Retry-After": "1"},
+            ) from None
     if not replayed:
         context.on_commit()
     headers = {**stored.headers, "X-Correlation-ID": meta.correlation_id}
     if replayed:
         headers["Idempotent-Replayed"] = "true"
-    return Response(stored.body, status_code=stored.status, headers=headers,
-                    media_type="application/json")
+    return Response(
+        stored.body, status_code=stored.status, headers=headers, media_type="application/json"
+    )
 
 
 async def _run_once(
-    context: CommandContext, handler: Handler, meta: EventMetadata, key: str | None,
-    fingerprint: str, status: int, location: Callable[[Any], str] | None,
+    context: CommandContext,
+    handler: Handler,
+    meta: EventMetadata,
+    key: str | None,
+    fingerprint: str,
+    status: int,
+    location: Callable[[Any], str] | None,
 ) -> tuple[idempotency.StoredResponse, bool]:
     async with (
         context.pool.acquire(timeout=context.acquire_timeout_s) as conn,
@@ -123,11 +136,15 @@ async def _run_once(
 
 # ---- endpoints ---------------------------------------------------------------------------
 
+
 async def post_products(request: Request) -> Response:
     cmd = await decode_json(request, CreateProduct)
     return await execute(
-        request, lambda conn, meta: create_product(conn, cmd, meta), status=201,
-        location=lambda r: f"/products/{r.product_id}", request_identity=_encoder.encode(cmd),
+        request,
+        lambda conn, meta: create_product(conn, cmd, meta),
+        status=201,
+        location=lambda r: f"/products/{r.product_id}",
+        request_identity=_encoder.encode(cmd),
     )
 
 
@@ -135,7 +152,8 @@ async def post_restock(request: Request) -> Response:
     product_id: uuid.UUID = request.path_params["product_id"]
     cmd = await decode_json(request, RestockProduct)
     return await execute(
-        request, lambda conn, meta: restock_product(conn, product_id, cmd, meta),
+        request,
+        lambda conn, meta: restock_product(conn, product_id, cmd, meta),
         request_identity=_encoder.encode(cmd),
     )
 
@@ -143,8 +161,11 @@ async def post_restock(request: Request) -> Response:
 async def post_orders(request: Request) -> Response:
     cmd = await decode_json(request, PlaceOrder)
     return await execute(
-        request, lambda conn, meta: place_order(conn, cmd, meta), status=201,
-        location=lambda r: f"/orders/{r.order_id}", request_identity=_encoder.encode(cmd),
+        request,
+        lambda conn, meta: place_order(conn, cmd, meta),
+        status=201,
+        location=lambda r: f"/orders/{r.order_id}",
+        request_identity=_encoder.encode(cmd),
     )
 
 

@@ -11,32 +11,45 @@ import httpx
 
 
 async def create_product(client: httpx.AsyncClient, stock: int = 10, price: int = 250) -> str:
-    response = await client.post("/products", json={
-        "sku": f"SKU-{uuid.uuid4().hex[:10]}", "name": "Test product", "price_cents": price,
-        "stock": stock,
-    })
+    response = await client.post(
+        "/products",
+        json={
+            "sku": f"SKU-{uuid.uuid4().hex[:10]}",
+            "name": "Test product",
+            "price_cents": price,
+            "stock": stock,
+        },
+    )
     assert response.status_code == 201, response.text
     product_id: str = response.json()["product_id"]
     return product_id
 
 
-async def place(client: httpx.AsyncClient, lines: list[tuple[str, int]],
-                customer: str = "cust-1", **kwargs: Any) -> httpx.Response:
-    return await client.post("/orders", json={
-        "customer_id": customer,
-        "lines": [{"product_id": p, "quantity": q} for p, q in lines],
-    }, **kwargs)
+async def place(
+    client: httpx.AsyncClient, lines: list[tuple[str, int]], customer: str = "cust-1", **kwargs: Any
+) -> httpx.Response:
+    return await client.post(
+        "/orders",
+        json={
+            "customer_id": customer,
+            "lines": [{"product_id": p, "quantity": q} for p, q in lines],
+        },
+        **kwargs,
+    )
 
 
 async def stock_of(pool: asyncpg.Pool, product_id: str) -> int:
     stock: int = await pool.fetchval(
-        "SELECT stock FROM products WHERE product_id = $1", uuid.UUID(product_id))
+        "SELECT stock FROM products WHERE product_id = $1", uuid.UUID(product_id)
+    )
     return stock
 
 
 async def test_create_product_answers_201_with_position(client: httpx.AsyncClient) -> None:
-    response = await client.post("/products", json={
-        "sku": f"SKU-{uuid.uuid4().hex[:8]}", "name": "Lamp", "price_cents": 1999})
+    response = await client.post(
+        "/products",
+        json={"sku": f"SKU-{uuid.uuid4().hex[:8]}", "name": "Lamp", "price_cents": 1999},
+    )
     assert response.status_code == 201
     body = response.json()
     assert body["stock"] == 0
@@ -136,14 +149,16 @@ async def test_sixty_concurrent_orders_for_ten_units(
     client: httpx.AsyncClient, pool: asyncpg.Pool
 ) -> None:
     product = await create_product(client, stock=10)
-    responses = await asyncio.gather(*(
-        place(client, [(product, 1)], customer=f"c{i}") for i in range(60)))
+    responses = await asyncio.gather(
+        *(place(client, [(product, 1)], customer=f"c{i}") for i in range(60))
+    )
     statuses = sorted(r.status_code for r in responses)
     assert statuses.count(201) == 10
     assert statuses.count(409) == 50
     assert await stock_of(pool, product) == 0
     reserved = await pool.fetchval(
-        "SELECT count(*) FROM events WHERE stream_id = $1 AND type = 'StockReserved'", product)
+        "SELECT count(*) FROM events WHERE stream_id = $1 AND type = 'StockReserved'", product
+    )
     assert reserved == 10
 
 
@@ -152,9 +167,12 @@ async def test_crossing_two_line_orders_never_deadlock(
 ) -> None:
     a = await create_product(client, stock=1000)
     b = await create_product(client, stock=1000)
-    responses = await asyncio.gather(*(
-        place(client, [(a, 1), (b, 2)] if i % 2 else [(b, 2), (a, 1)], customer=f"c{i}")
-        for i in range(80)))
+    responses = await asyncio.gather(
+        *(
+            place(client, [(a, 1), (b, 2)] if i % 2 else [(b, 2), (a, 1)], customer=f"c{i}")
+            for i in range(80)
+        )
+    )
     assert [r.status_code for r in responses] == [201] * 80
     assert await stock_of(pool, a) == 1000 - 80
     assert await stock_of(pool, b) == 1000 - 160
@@ -165,16 +183,19 @@ async def test_concurrent_requests_with_one_idempotency_key(
 ) -> None:
     product = await create_product(client, stock=50)
     key = f"key-{uuid.uuid4()}"
-    responses = await asyncio.gather(*(
-        place(client, [(product, 2)], headers={"Idempotency-Key": key}) for _ in range(12)))
+    responses = await asyncio.gather(
+        *(place(client, [(product, 2)], headers={"Idempotency-Key": key}) for _ in range(12))
+    )
     assert {r.status_code for r in responses} == {201}
     assert len({r.content for r in responses}) == 1
     assert len({r.headers["x-event-position"] for r in responses}) == 1
     assert sum(r.headers.get("idempotent-replayed") == "true" for r in responses) == 11
     assert await stock_of(pool, product) == 48
     orders = await pool.fetchval(
-        "SELECT count(*) FROM events WHERE type = 'OrderPlaced' AND metadata->>'idempotency_key' = $1",
-        key)
+        "SELECT count(*) FROM events"
+        " WHERE type = 'OrderPlaced' AND metadata->>'idempotency_key' = $1",
+        key,
+    )
     assert orders == 1
     other = await place(client, [(product, 3)], headers={"Idempotency-Key": key})
     assert other.status_code == 422
@@ -202,5 +223,7 @@ async def test_per_stream_versions_run_one_to_n(
         await client.post(f"/orders/{r.json()['order_id']}/cancel")
     versions = await pool.fetch(
         "SELECT stream_version FROM events WHERE stream_type = 'product' AND stream_id = $1"
-        " ORDER BY position", product)
+        " ORDER BY position",
+        product,
+    )
     assert [v["stream_version"] for v in versions] == list(range(1, 27))

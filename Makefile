@@ -1,0 +1,37 @@
+# One command per intent. Every target installs what it needs into .venv first.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+SRC    := $(wildcard app tests bench loadtest)
+
+.PHONY: install run test check format bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet --editable '.[dev]'
+	touch $(STAMP)
+
+run: $(STAMP)  ## migrate and serve on :8000 (starts a local SecantusDB unless MONGO_URL is set)
+	PATH="$(CURDIR)/$(BIN):$$PATH" scripts/run-local
+
+test: $(STAMP)  ## unit, integration and end-to-end tests against the real services
+	$(BIN)/pytest
+
+check: $(STAMP)  ## formatting, lint and types
+	$(BIN)/ruff format --check $(SRC)
+	$(BIN)/ruff check $(SRC)
+	$(BIN)/mypy
+
+format: $(STAMP)
+	$(BIN)/ruff format $(SRC)
+	$(BIN)/ruff check --fix $(SRC)
+
+bench: $(STAMP)  ## measure against this machine's ceilings (BENCH_QUICK=1 for a short run)
+	$(BIN)/python -m bench
+
+clean:
+	rm -rf $(VENV) .secantus .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,50 @@
+"""Settings are read once from the environment and refuse bad values by name."""
+
+from __future__ import annotations
+
+import pytest
+
+from app.settings import Settings, SettingsError
+
+
+def test_defaults_match_the_design() -> None:
+    settings = Settings.from_env({})
+    assert settings.database_url == "postgresql://postgres@127.0.0.1:5432/postgres"
+    assert settings.amqp_url == "amqp://guest:guest@127.0.0.1:5672/"
+    assert settings.mongo_url == "mongodb://127.0.0.1:27017"
+    assert settings.port == 8000
+    assert settings.exchange == "shop.events"
+
+
+def test_values_are_parsed_by_type() -> None:
+    settings = Settings.from_env(
+        {"PORT": "9000", "RELAY_ENABLED": "off", "RELAY_POLL_INTERVAL_S": "0.5", "MONGO_DB": "x"}
+    )
+    assert (settings.port, settings.relay_enabled, settings.relay_poll_interval_s) == (
+        9000,
+        False,
+        0.5,
+    )
+    assert settings.mongo_db == "x"
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("PORT", "eighty"),
+        ("PORT", "0"),
+        ("RELAY_ENABLED", "maybe"),
+        ("RELAY_CONFIRM_WINDOW", "0"),
+        ("READ_WAIT_MAX_S", "-1"),
+        ("DB_POOL_MIN", "50"),
+    ],
+)
+def test_bad_values_name_the_variable(name: str, value: str) -> None:
+    with pytest.raises(SettingsError, match=name):
+        Settings.from_env({name: value})
+
+
+def test_settings_are_frozen() -> None:
+    settings = Settings()
+    with pytest.raises(AttributeError):
+        settings.port = 1  # type: ignore[misc]
