@@ -32,11 +32,17 @@ class LoggedEvent(msgspec.Struct, frozen=True, kw_only=True):
     def envelope(self, prev_position: int) -> Envelope:
         data: dict[str, Any] = msgspec.json.decode(self.data)
         return Envelope(
-            event_id=self.event_id, type=self.type, schema_version=self.schema_version,
-            stream_type=self.stream_type, stream_id=self.stream_id,
-            stream_version=self.stream_version, position=self.position,
-            prev_position=prev_position, occurred_at=self.occurred_at,
-            correlation_id=self.correlation_id, data=data,
+            event_id=self.event_id,
+            type=self.type,
+            schema_version=self.schema_version,
+            stream_type=self.stream_type,
+            stream_id=self.stream_id,
+            stream_version=self.stream_version,
+            position=self.position,
+            prev_position=prev_position,
+            occurred_at=self.occurred_at,
+            correlation_id=self.correlation_id,
+            data=data,
         )
 
 
@@ -49,13 +55,48 @@ _SELECT = (
 
 async def fetch_after(conn: asyncpg.Connection, after: int, limit: int) -> list[LoggedEvent]:
     """Up to `limit` committed events with position > `after`, in position order."""
-    rows = await conn.fetch(f"{_SELECT} WHERE position > $1 ORDER BY position LIMIT $2",
-                            after, limit)
+    rows = await conn.fetch(
+        f"{_SELECT} WHERE position > $1 ORDER BY position LIMIT $2", after, limit
+    )
     return [LoggedEvent(**dict(r)) for r in rows]
 
 
 async def fetch_range(conn: asyncpg.Connection, after: int, through: int) -> list[LoggedEvent]:
     """Committed events with `after` < position <= `through`, in position order."""
     rows = await conn.fetch(
-        f"{_SELECT} WHERE position > $1 AND position <= $2 ORDER BY position", after, through)
+        f"{_SELECT} WHERE position > $1 AND position <= $2 ORDER BY position", after, through
+    )
     return [LoggedEvent(**dict(r)) for r in rows]
+
+
+class SnapshotBatch(msgspec.Struct, frozen=True, kw_only=True):
+    """Events read under one snapshot, with that snapshot's in-progress xids and its xmax."""
+
+    events: list[LoggedEvent]
+    xip: list[int]
+    xmax: int
+
+
+_SNAPSHOT = (
+    "SELECT pg_snapshot_xmax(s)::text::bigint AS xmax,"
+    " array(SELECT x::text::bigint FROM pg_snapshot_xip(s) AS x) AS xip"
+    " FROM pg_current_snapshot() AS s"
+)
+
+
+async def fetch_after_in_snapshot(
+    conn: asyncpg.Connection, after: int, limit: int, query_timeout_s: float | None = None
+) -> SnapshotBatch:
+    """Like `fetch_after`, plus the xip and xmax of the snapshot the rows were read under
+    (one REPEATABLE READ transaction, so both come from the same snapshot)."""
+    async with conn.transaction(isolation="repeatable_read", readonly=True):
+        snapshot = await conn.fetchrow(_SNAPSHOT, timeout=query_timeout_s)
+        rows = await conn.fetch(
+            f"{_SELECT} WHERE position > $1 ORDER BY position LIMIT $2",
+            after,
+            limit,
+            timeout=query_timeout_s,
+        )
+    return SnapshotBatch(
+        events=[LoggedEvent(**dict(r)) for r in rows], xip=snapshot["xip"], xmax=snapshot["xmax"]
+    )

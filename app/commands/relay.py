@@ -1,0 +1,256 @@
+"""The relay (DESIGN §4, §5): publishes the committed event log to the broker in position order,
+never skipping a late commit, with windowed publisher confirms; one leader per relay name.
+
+Shape of a run: elect (advisory lock on a dedicated PostgreSQL session) → lead: connect to the
+broker, declare the topology, then loop read → plan (app.commands.gaps) → publish → checkpoint.
+A broker failure reconnects and republishes from the last confirmed position; a failure of the
+PostgreSQL session gives up leadership and elects again. Duplicates across a failure are
+allowed, loss and reordering are not.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from collections.abc import Coroutine
+from typing import Any
+
+import aiormq
+import aiormq.abc
+import aiormq.exceptions
+
+from app.broker import connect, declare_topology
+from app.commands.gaps import GapProof, GapTracker
+from app.commands.relay_publisher import ConfirmWindow, PublishFailed
+from app.commands.relay_store import RelaySession, SessionFailed
+from app.settings import Settings
+
+log = logging.getLogger(__name__)
+
+ELECTION_INTERVAL_S = 1.0  # how often a non-leader retries the lock
+WATCH_INTERVAL_S = 1.0  # how often the leader proves its lock session is alive
+# A leader whose session died waits this long before electing again, so a healthy replica
+# (retrying every ELECTION_INTERVAL_S) takes over instead of the one that just failed.
+HANDOVER_GRACE_S = 2.5
+
+_BROKER_ERRORS = (
+    OSError,
+    TimeoutError,
+    aiormq.exceptions.AMQPError,
+    aiormq.exceptions.ChannelInvalidStateError,
+    PublishFailed,
+)
+
+
+class Backoff:
+    """Exponential delays, capped, with jitter so that replicas do not retry in step."""
+
+    def __init__(self, base_s: float = 0.1, cap_s: float = 10.0) -> None:
+        self._base = base_s
+        self._cap = cap_s
+        self._attempt = 0
+
+    def next_delay(self) -> float:
+        ceiling = min(self._cap, self._base * 2.0**self._attempt)
+        self._attempt = min(self._attempt + 1, 32)
+        return ceiling / 2 + random.uniform(0, ceiling / 2)  # noqa: S311 - jitter, not crypto
+
+    def reset(self) -> None:
+        self._attempt = 0
+
+
+class Relay:
+    """Publishes `events` to `settings.exchange` until cancelled.
+
+    `wakeup` is set by the write side after each local commit; without it the relay polls
+    every `settings.relay_poll_interval_s` (commits from other replicas). Status for health
+    and metrics: `is_leader`, `connected` (to the broker, while leading), `published_position`
+    (highest position confirmed by the broker with all its predecessors), `waiting_on_gap`
+    (the missing position it is proving, if any)."""
+
+    def __init__(self, settings: Settings, wakeup: asyncio.Event) -> None:
+        self._settings = settings
+        self._wakeup = wakeup
+        self.is_leader = False
+        self.connected = False
+        self.published_position = 0
+        self.waiting_on_gap: int | None = None
+        self.lock_session_pid: int | None = None  # the backend holding (or seeking) the lock
+        self.broker_connection: aiormq.abc.AbstractConnection | None = None
+        self._saved_position = 0
+        self._lost_lead = False
+
+    async def run(self) -> None:
+        """Run until cancelled; every failure is logged and retried with backoff, never raised.
+        Cancellation closes the broker connection and the lock session."""
+        backoff = Backoff()
+        while True:
+            try:
+                await self._elect_and_lead(backoff)
+            except SessionFailed as exc:
+                log.warning("relay %s: PostgreSQL failed, will retry: %s", self._name, exc)
+            except Exception:
+                # A bug must not silently end publishing for the life of the process.
+                log.exception("relay %s: unexpected failure, will retry", self._name)
+            delay = backoff.next_delay()
+            await asyncio.sleep(max(delay, HANDOVER_GRACE_S) if self._lost_lead else delay)
+
+    @property
+    def _name(self) -> str:
+        return self._settings.relay_name
+
+    async def _elect_and_lead(self, backoff: Backoff) -> None:
+        self._lost_lead = False
+        session = await RelaySession.open(
+            self._settings.database_url, self._name, self._settings.command_timeout_s
+        )
+        self.lock_session_pid = session.pid
+        try:
+            await _acquire_lock(session)
+            backoff.reset()
+            self.is_leader = True
+            log.info("relay %s: leader (PostgreSQL backend %d)", self._name, session.pid)
+            await _first_failure(self._watch(session), self._lead(session))
+        finally:
+            if self.is_leader:
+                self._lost_lead = True
+                task = asyncio.current_task()
+                stopping = task is not None and task.cancelling() > 0
+                log.log(
+                    logging.INFO if stopping else logging.WARNING,
+                    "relay %s: leadership given up",
+                    self._name,
+                )
+            self.is_leader = False
+            self.waiting_on_gap = None
+            self.lock_session_pid = None
+            await session.close()
+
+    async def _watch(self, session: RelaySession) -> None:
+        """Raise SessionFailed as soon as the lock session is gone: at once when the
+        connection drops, within a watch interval plus the query timeout when it hangs."""
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(session.lost.wait(), WATCH_INTERVAL_S)
+            await session.ping()
+
+    async def _lead(self, session: RelaySession) -> None:
+        self._saved_position = self.published_position = await session.load_checkpoint()
+        tracker = GapTracker()
+        backoff = Backoff()
+        while True:
+            try:
+                await self._publish_via_broker(session, tracker, backoff)
+            except _BROKER_ERRORS as exc:
+                log.warning("relay %s: broker failed, will reconnect: %r", self._name, exc)
+            await asyncio.sleep(backoff.next_delay())
+
+    async def _publish_via_broker(
+        self, session: RelaySession, tracker: GapTracker, backoff: Backoff
+    ) -> None:
+        connection = await connect(self._settings)
+        self.broker_connection = connection
+        try:
+            channel = await connection.channel(publisher_confirms=True)
+            await declare_topology(channel, self._settings)
+            self.connected = True
+            backoff.reset()
+            window = ConfirmWindow(
+                channel, self._settings.exchange, self._settings.relay_confirm_window
+            )
+            window.confirmed = self.published_position
+            try:
+                await self._pump(session, connection, window, tracker)
+            finally:
+                self.published_position = window.confirmed
+                window.abandon()
+        finally:
+            self.connected = False
+            self.broker_connection = None
+            await _close_quietly(connection)
+
+    async def _pump(
+        self,
+        session: RelaySession,
+        connection: aiormq.abc.AbstractConnection,
+        window: ConfirmWindow,
+        tracker: GapTracker,
+    ) -> None:
+        """Publish whatever the log allows, forever; returns only by raising."""
+        last = self.published_position
+        size = self._settings.relay_batch_size
+        while True:
+            self._wakeup.clear()
+            xids = tracker.xids_to_await()
+            # Checked before the read below, so that read's snapshot is taken after it.
+            if xids is not None and await session.all_ended(xids):
+                tracker.settle()
+            batch = await session.read(last, size)
+            plan = tracker.plan(last, batch.events)
+            if tracker.wants_proof(plan):
+                assigned_after = await session.assign_xid()
+                horizon = batch.events[-1].position
+                tracker.prove(GapProof.seen(horizon, batch.xip, batch.xmax, assigned_after))
+            self.waiting_on_gap = plan.blocked_at
+            for event in plan.publish:
+                await window.publish(event, last)
+                last = event.position
+            await self._checkpoint(session, window)
+            if len(batch.events) == size and plan.blocked_at is None:
+                continue
+            if plan.blocked_at is not None and tracker.xids_to_await() == frozenset():
+                continue  # nobody was in flight: the gap is settled on the next read
+            await window.drain()
+            await self._checkpoint(session, window)
+            await self._idle(connection)
+
+    async def _checkpoint(self, session: RelaySession, window: ConfirmWindow) -> None:
+        self.published_position = window.confirmed
+        if window.confirmed > self._saved_position:
+            await session.save_checkpoint(window.confirmed)
+            self._saved_position = window.confirmed
+
+    async def _idle(self, connection: aiormq.abc.AbstractConnection) -> None:
+        """Wait for a local commit, the poll interval, or the broker connection closing."""
+        waiter = asyncio.ensure_future(self._wakeup.wait())
+        try:
+            await asyncio.wait(
+                [waiter, connection.closing],
+                timeout=self._settings.relay_poll_interval_s,
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+        finally:
+            waiter.cancel()
+        if connection.is_closed:
+            raise PublishFailed("the broker connection closed")
+
+
+async def _acquire_lock(session: RelaySession) -> None:
+    """Return once `session` holds the leadership lock, retrying about once a second."""
+    while True:
+        if await session.try_lead():
+            return
+        await asyncio.sleep(ELECTION_INTERVAL_S * random.uniform(0.8, 1.2))  # noqa: S311
+
+
+async def _first_failure(*coroutines: Coroutine[Any, Any, None]) -> None:
+    """Run never-ending coroutines side by side until the first one raises; cancel the rest
+    and re-raise that error."""
+    tasks = [asyncio.ensure_future(c) for c in coroutines]
+    try:
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    for task in done:
+        task.result()
+
+
+async def _close_quietly(connection: aiormq.abc.AbstractConnection) -> None:
+    try:
+        await asyncio.wait_for(connection.close(), 5)
+    except (*_BROKER_ERRORS, RuntimeError) as exc:
+        log.debug("closing the broker connection failed: %r", exc)

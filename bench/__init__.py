@@ -1,0 +1,1 @@
+"""Benchmarks, runnable as scripts and importable so `make bench` can call them."""
