@@ -1,0 +1,6 @@
+"""The read side: HTTP query endpoints over the MongoDB read model (DESIGN §7)."""
+
+from app.queries.routes import QueryContext, routes
+from app.queries.waiting import MongoPositionWaiter, Waiter
+
+__all__ = ["MongoPositionWaiter", "QueryContext", "Waiter", "routes"]

@@ -1,0 +1,69 @@
+"""The Mongo reads behind the query endpoints: one function per question, keyset pages only.
+
+Every filter is built here from typed values (str, int, datetime); no client text ever becomes
+a key or an operator. Pages fetch one item more than asked to know whether another page exists.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+from pymongo.asynchronous.database import AsyncDatabase
+
+from app.queries.cursors import OrderCursor, ProductCursor
+from app.queries.params import OrderStatus
+
+Db = AsyncDatabase[dict[str, Any]]
+Document = dict[str, Any]
+
+_NEWEST_FIRST: Final = [("placed_at", -1), ("_id", -1)]
+_BY_SKU: Final = [("sku", 1)]
+_BEST_SELLING: Final = [("units_sold", -1), ("_id", 1)]
+
+
+async def find_order(db: Db, order_id: str) -> Document | None:
+    return await db["orders"].find_one({"_id": order_id})
+
+
+async def find_product(db: Db, product_id: str) -> Document | None:
+    return await db["products"].find_one({"_id": product_id})
+
+
+async def find_customer(db: Db, customer_id: str) -> Document | None:
+    return await db["customers"].find_one({"_id": customer_id})
+
+
+async def customer_orders(
+    db: Db, customer_id: str, status: OrderStatus | None, after: OrderCursor | None, limit: int
+) -> tuple[list[Document], OrderCursor | None]:
+    """A customer's orders newest first (placed_at, then _id, both descending), served by the
+    (customer_id, [status,] placed_at, _id) indexes; the cursor of the next page or None."""
+    query: dict[str, Any] = {"customer_id": customer_id}
+    if status is not None:
+        query["status"] = status
+    if after is not None:
+        query["$or"] = [
+            {"placed_at": {"$lt": after.placed_at}},
+            {"placed_at": after.placed_at, "_id": {"$lt": after.order_id}},
+        ]
+    documents = await db["orders"].find(query, sort=_NEWEST_FIRST, limit=limit + 1).to_list()
+    if len(documents) <= limit:
+        return documents, None
+    last = documents[limit - 1]
+    return documents[:limit], OrderCursor(placed_at=last["placed_at"], order_id=last["_id"])
+
+
+async def products(
+    db: Db, after: ProductCursor | None, limit: int
+) -> tuple[list[Document], ProductCursor | None]:
+    """Products by sku ascending (the unique sku index); the cursor of the next page or None."""
+    query: dict[str, Any] = {} if after is None else {"sku": {"$gt": after.sku}}
+    documents = await db["products"].find(query, sort=_BY_SKU, limit=limit + 1).to_list()
+    if len(documents) <= limit:
+        return documents, None
+    return documents[:limit], ProductCursor(sku=documents[limit - 1]["sku"])
+
+
+async def top_products(db: Db, limit: int) -> list[Document]:
+    """The best sellers: units sold descending, ties by id (the (units_sold, _id) index)."""
+    return await db["products"].find({}, sort=_BEST_SELLING, limit=limit).to_list()

@@ -1,0 +1,203 @@
+"""HTTP query endpoints: type the parameters, wait for `after`, read Mongo, respond.
+
+Every answer, problems included, carries `X-Read-Position`: a position the read model had
+applied when the answer was read, which a client can pass back as `after`. An unreachable or
+failing Mongo answers 503 with Retry-After, never 500.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, Final
+
+import msgspec
+import pymongo
+from pymongo.errors import ConnectionFailure, PyMongoError
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from app.problems import Problem, ServiceUnavailable
+from app.queries import documents, reads
+from app.queries.cursors import C, OrderCursor, ProductCursor, decode_cursor, encode_cursor
+from app.queries.params import NotFound, QueryArgs, customer_id, uuid_id
+from app.queries.waiting import Waiter, wait_until_applied
+
+log = logging.getLogger(__name__)
+
+READ_POSITION: Final = "X-Read-Position"
+
+
+@dataclass(frozen=True, slots=True)
+class QueryContext:
+    """What the query endpoints need, built by the composition root."""
+
+    db: reads.Db
+    waiter: Waiter
+    read_wait_max_s: float
+    read_timeout_s: float = 5.0  # bounds each Mongo read, so a hung server answers 503 in time
+
+
+class Reading:
+    """One request's read: its typed query string, then the wait for `after` and the bounded
+    Mongo reads, remembering the position they reflect."""
+
+    def __init__(self, context: QueryContext, args: QueryArgs) -> None:
+        self.context = context
+        self.args = args
+        self.position: int | None = None
+
+    @contextlib.asynccontextmanager
+    async def applied(self) -> AsyncIterator[reads.Db]:
+        """Waits until `after` is applied (503 past the bound), then yields the database with
+        every read inside bounded by `read_timeout_s`. Parse everything before entering, so a
+        bad request is refused without waiting."""
+        context = self.context
+        self.position = await wait_until_applied(
+            context.waiter, self.args.after(), context.read_wait_max_s
+        )
+        with pymongo.timeout(context.read_timeout_s):
+            yield context.db
+
+
+Endpoint = Callable[[Request, Reading], Awaitable[Response]]
+
+
+def _query(read: Endpoint, known: Iterable[str] = ()) -> Callable[[Request], Awaitable[Response]]:
+    """The ASGI endpoint around `read`: types the query string, stamps X-Read-Position on every
+    answer and turns Mongo failures into 503."""
+
+    async def endpoint(request: Request) -> Response:
+        context: QueryContext = request.app.state.queries
+        reading: Reading | None = None
+        try:
+            reading = Reading(context, QueryArgs(request.query_params, known))
+            reading.args.after()  # a bad `after` is refused like any other parameter
+            response = await read(request, reading)
+        except Problem as problem:
+            problem.headers.setdefault(READ_POSITION, str(_read_at(context, reading)))
+            raise
+        except PyMongoError as exc:
+            raise _unavailable(exc, context.waiter.current) from None
+        response.headers[READ_POSITION] = str(_read_at(context, reading))
+        return response
+
+    endpoint.__name__ = read.__name__
+    return endpoint
+
+
+def _read_at(context: QueryContext, reading: Reading | None) -> int:
+    # the position read at, not a newer one: a 404 only holds up to what was read
+    if reading is None or reading.position is None:
+        return context.waiter.current
+    return reading.position
+
+
+def _unavailable(exc: PyMongoError, position: int) -> ServiceUnavailable:
+    if isinstance(exc, ConnectionFailure):
+        log.warning("MongoDB unreachable for a query: %r", exc)
+    else:
+        log.error("MongoDB failed a query: %r", exc)
+    return ServiceUnavailable(
+        "the read model is unavailable; retry shortly",
+        headers={"Retry-After": "1", READ_POSITION: str(position)},
+    )
+
+
+def _json(body: msgspec.Struct, headers: dict[str, str] | None = None) -> Response:
+    return Response(documents.encode(body), media_type="application/json", headers=headers)
+
+
+def _cursor(args: QueryArgs, kind: type[C]) -> C | None:
+    raw = args.text("cursor")
+    return None if raw is None else decode_cursor(raw, kind)
+
+
+def _page(items: list[Any], cursor: OrderCursor | ProductCursor | None) -> Response:
+    next_cursor = None if cursor is None else encode_cursor(cursor)
+    return _json(documents.PageBody(items=items, next_cursor=next_cursor))
+
+
+# ---- endpoints ---------------------------------------------------------------------------
+
+
+async def get_products(request: Request, read: Reading) -> Response:
+    after = _cursor(read.args, ProductCursor)
+    limit = read.args.limit(default=20)
+    async with read.applied() as db:
+        found, cursor = await reads.products(db, after, limit)
+    return _page([documents.product(d) for d in found], cursor)
+
+
+async def get_product(request: Request, read: Reading) -> Response:
+    product_id = uuid_id(request.path_params["product_id"], "product")
+    async with read.applied() as db:
+        found = await reads.find_product(db, product_id)
+    if found is None:
+        raise NotFound(f"no product {product_id}", product_id=product_id)
+    return _json(documents.product(found))
+
+
+async def get_order(request: Request, read: Reading) -> Response:
+    order_id = uuid_id(request.path_params["order_id"], "order")
+    async with read.applied() as db:
+        found = await reads.find_order(db, order_id)
+    if found is None:
+        raise NotFound(f"no order {order_id}", order_id=order_id)
+    body = documents.order(found)
+    etag = f'"{body.version}"'
+    if _matches(request.headers.get("if-none-match"), etag):
+        return Response(status_code=304, headers={"ETag": etag})
+    return _json(body, headers={"ETag": etag})
+
+
+def _matches(if_none_match: str | None, etag: str) -> bool:
+    """If-None-Match's weak comparison (RFC 9110 §13.1.2): `*` or any listed tag, W/ or not."""
+    if if_none_match is None:
+        return False
+    tags = {tag.strip().removeprefix("W/") for tag in if_none_match.split(",")}
+    return "*" in tags or etag in tags
+
+
+async def get_customer(request: Request, read: Reading) -> Response:
+    wanted = customer_id(request.path_params["customer_id"])
+    async with read.applied() as db:
+        found = await reads.find_customer(db, wanted)
+    if found is None:
+        raise NotFound(f"no customer {wanted!r}", customer_id=wanted)
+    return _json(documents.customer(found))
+
+
+async def get_customer_orders(request: Request, read: Reading) -> Response:
+    wanted = customer_id(request.path_params["customer_id"])
+    status, after = read.args.status(), _cursor(read.args, OrderCursor)
+    limit = read.args.limit(default=20)
+    async with read.applied() as db:
+        found, cursor = await reads.customer_orders(db, wanted, status, after, limit)
+    return _page([documents.order(d) for d in found], cursor)
+
+
+async def get_top_products(request: Request, read: Reading) -> Response:
+    limit = read.args.limit(default=10)
+    async with read.applied() as db:
+        found = await reads.top_products(db, limit)
+    return _page([documents.product(d) for d in found], None)
+
+
+def routes() -> list[Route]:
+    page = ("limit", "cursor")
+    return [
+        Route("/products", _query(get_products, page), methods=["GET"]),
+        Route("/products/{product_id}", _query(get_product), methods=["GET"]),
+        Route("/orders/{order_id}", _query(get_order), methods=["GET"]),
+        Route("/customers/{customer_id}", _query(get_customer), methods=["GET"]),
+        Route(
+            "/customers/{customer_id}/orders",
+            _query(get_customer_orders, (*page, "status")),
+            methods=["GET"],
+        ),
+        Route("/reports/top-products", _query(get_top_products, ("limit",)), methods=["GET"]),
+    ]

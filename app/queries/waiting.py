@@ -1,0 +1,93 @@
+"""Read-your-writes: wait until the read model has applied a position, within a bound."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from typing import Any, Final, Protocol
+
+import pymongo
+from pymongo.asynchronous.database import AsyncDatabase
+
+from app.problems import ServiceUnavailable
+
+META_COLLECTION: Final = "meta"
+META_ID: Final = "projection"
+
+
+class Waiter(Protocol):
+    """Knows the read model's applied position and can wait for it to reach a given one.
+
+    Fits the projector's in-process applied position (a plain `current: int` attribute) as well
+    as `MongoPositionWaiter`. `wait_for` returns True as soon as the applied position is at least
+    `position` (at once when it already is) and False once `timeout` seconds have passed.
+    """
+
+    @property
+    def current(self) -> int: ...
+
+    # ASYNC109 ignored: the projector's applied position has this signature, and "not yet" is
+    # an answer (False), not an error, so asyncio.timeout around the call would not fit
+    async def wait_for(self, position: int, timeout: float) -> bool: ...  # noqa: ASYNC109
+
+
+class MongoPositionWaiter:
+    """A waiter that polls the `meta` document, for replicas whose projector runs elsewhere.
+
+    However many requests wait, it reads `meta` at most once per poll interval, so the load on
+    Mongo stays bounded. `current` is the last value read: a lower bound of the applied position.
+    Mongo errors propagate (the caller answers 503).
+    """
+
+    def __init__(self, db: AsyncDatabase[dict[str, Any]], poll_interval: float) -> None:
+        self._meta = db[META_COLLECTION]
+        self._poll_interval = poll_interval
+        self._current = 0
+        self._read_at = -math.inf
+        self._lock = asyncio.Lock()
+
+    @property
+    def current(self) -> int:
+        return self._current
+
+    async def wait_for(self, position: int, timeout: float) -> bool:  # noqa: ASYNC109 - Waiter's
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            await self._refresh(deadline)
+            if self._current >= position:
+                return True
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return False
+            await asyncio.sleep(min(self._poll_interval, remaining))
+
+    async def _refresh(self, deadline: float) -> None:
+        loop = asyncio.get_running_loop()
+        async with self._lock:
+            if loop.time() - self._read_at < self._poll_interval:
+                return
+            # a hung Mongo must not hold the request past its wait bound
+            with pymongo.timeout(max(deadline - loop.time(), self._poll_interval)):
+                meta = await self._meta.find_one({"_id": META_ID}, {"position": 1})
+            self._read_at = loop.time()
+        position = meta.get("position") if meta else None
+        if isinstance(position, int) and position > self._current:
+            self._current = position
+
+
+async def wait_until_applied(waiter: Waiter, after: int, max_wait_s: float) -> int:
+    """The applied position once it is at least `after`, the position the answer will reflect.
+
+    Raises ServiceUnavailable (503, with Retry-After and X-Read-Position) when it does not get
+    there within `max_wait_s` seconds.
+    """
+    if await waiter.wait_for(after, max_wait_s):
+        return waiter.current
+    current = waiter.current
+    raise ServiceUnavailable(
+        f"the read model has applied position {current}, not yet {after}; retry shortly",
+        headers={"Retry-After": "1", "X-Read-Position": str(current)},
+        after=after,
+        position=current,
+    )
