@@ -1,0 +1,251 @@
+"""The projector: consumes the event queue and applies it to the read model in log order."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, Final, TypeVar
+
+import aiormq
+import aiormq.abc
+import asyncpg
+from pamqp import commands as spec
+from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import PyMongoError
+
+from app.broker import connect, declare_topology
+from app.eventlog import fetch_range
+from app.events import EVENT_TYPES
+from app.projector import readmodel
+from app.projector.applied import AppliedPosition
+from app.projector.deliveries import Decoded, Gap, Undecodable, decode_body, plan, repaired
+from app.settings import Settings
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+Message = aiormq.abc.DeliveredMessage
+Parked = tuple[Message, str]
+
+# Mongo or PostgreSQL unavailable or slow: the batch is retried, its messages stay unacked.
+_TRANSIENT: Final = (PyMongoError, asyncpg.PostgresError, asyncpg.InterfaceError, OSError)
+# The AMQP channel or connection is gone: reconnect; the broker redelivers what was unacked.
+_DISCONNECTED: Final = (aiormq.AMQPError, aiormq.ChannelInvalidStateError, ConnectionError)
+
+
+class ConnectionLost(ConnectionError):
+    """The AMQP channel closed while the projector was consuming."""
+
+
+class Backoff:
+    """Capped exponential delays: initial, 2x initial, … up to `maximum`."""
+
+    def __init__(self, initial: float, maximum: float) -> None:
+        self._initial, self._maximum = initial, maximum
+        self._next = initial
+
+    def next(self) -> float:
+        delay, self._next = self._next, min(self._next * 2, self._maximum)
+        return delay
+
+    def reset(self) -> None:
+        self._next = self._initial
+
+
+class Projector:
+    """Single active consumer of `settings.projector_queue` maintaining the read model.
+
+    Status for health and metrics: `connected`, `position` (applied), and the counters
+    `batches`, `duplicates`, `repaired` (events read from the log to fill transport gaps),
+    `unknown_events` (types this version does not know: skipped), `invalid_events` (log events
+    whose data does not decode: skipped), `parked`, `retries`, `reconnects`.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        pool: asyncpg.Pool,
+        db: AsyncDatabase[dict[str, Any]],
+        applied: AppliedPosition,
+        *,
+        backoff_initial_s: float = 0.05,
+        backoff_max_s: float = 2.0,
+    ) -> None:
+        self._settings, self._pool, self._db = settings, pool, db
+        self.applied = applied
+        self._backoff = (backoff_initial_s, backoff_max_s)
+        self._position: int | None = None
+        self._reload = False
+        self.connected = False
+        self.batches = self.duplicates = self.repaired = 0
+        self.unknown_events = self.invalid_events = self.parked = 0
+        self.retries = self.reconnects = 0
+
+    @property
+    def position(self) -> int:
+        return self.applied.current
+
+    async def run(self) -> None:
+        """Run until cancelled: load the applied position, then consume, reconnecting with
+        backoff whenever the broker connection is lost. Closes its connection on the way out."""
+        self._position = await self._retry(self._start)
+        self.applied.advance(self._position)
+        backoff = Backoff(*self._backoff)
+        while True:
+            try:
+                await self._consume(backoff)
+            except _DISCONNECTED as exc:
+                log.warning("projector lost the broker, reconnecting: %r", exc)
+            self.reconnects += 1
+            await asyncio.sleep(backoff.next())
+
+    async def _start(self) -> int:
+        await readmodel.ensure_indexes(self._db)
+        return await readmodel.load_position(self._db)
+
+    async def _consume(self, backoff: Backoff) -> None:
+        connection = await connect(self._settings)
+        try:
+            channel = await connection.channel()
+            inbox = await self._subscribe(channel)
+            self.connected = True
+            backoff.reset()
+            while True:
+                await self._handle(channel, await _take(inbox, self._settings.projector_batch_size))
+        finally:
+            self.connected = False
+            with contextlib.suppress(*_DISCONNECTED, OSError):
+                await connection.close()
+
+    async def _subscribe(
+        self, channel: aiormq.abc.AbstractChannel
+    ) -> asyncio.Queue[Message | None]:
+        """Deliveries in arrival order; None once the channel closes."""
+        inbox: asyncio.Queue[Message | None] = asyncio.Queue()
+        await declare_topology(channel, self._settings)
+        await channel.basic_qos(prefetch_count=self._settings.projector_prefetch)
+        channel.closing.add_done_callback(lambda _: inbox.put_nowait(None))
+
+        async def deliver(message: Message) -> None:
+            inbox.put_nowait(message)
+
+        await channel.basic_consume(self._settings.projector_queue, deliver, no_ack=False)
+        return inbox
+
+    async def _handle(self, channel: aiormq.abc.AbstractChannel, batch: list[Message]) -> None:
+        """Apply the batch (retrying until it is stored), park the undecodable, then ack it all."""
+        decoded, parked = _decode(batch)
+        await self._retry(lambda: self._apply(decoded))
+        for message, reason in parked:
+            await self._park(channel, message, reason)
+        last_tag = max(m.delivery_tag or 0 for m in batch)
+        await channel.basic_ack(last_tag, multiple=True)
+        self.batches += 1
+        assert self._position is not None
+        self.applied.advance(self._position)
+
+    async def _apply(self, deliveries: list[Decoded]) -> None:
+        if self._reload:
+            await self._reload_position()
+        assert self._position is not None
+        ready: list[Decoded] = []
+        filled = 0
+        for step in plan(self._position, deliveries):
+            if isinstance(step, Gap):
+                events = await self._read_gap(step)
+                filled += len(events)
+                ready += events
+            else:
+                ready.append(step)
+        await readmodel.apply_events(self._db, ready)
+        self._count(ready, filled, len(deliveries))
+        if ready:
+            self._position = ready[-1].position
+
+    async def _reload_position(self) -> None:
+        """After a storage failure trust the store, not memory: a store that crashed may have
+        lost acknowledged writes; `meta` is written last, so it never claims a lost one."""
+        stored = await readmodel.load_position(self._db)
+        if self._position is not None and stored < self._position:
+            log.warning("read model lost writes: re-applying from position %d", stored)
+        self._position, self._reload = stored, False
+
+    async def _read_gap(self, gap: Gap) -> list[Decoded]:
+        log.info("projector repairs positions %d..%d from the log", gap.after + 1, gap.through)
+        async with self._pool.acquire() as conn:
+            return repaired(gap, await fetch_range(conn, gap.after, gap.through))
+
+    def _count(self, ready: list[Decoded], filled: int, delivered: int) -> None:
+        self.repaired += filled
+        self.duplicates += delivered - (len(ready) - filled)
+        for event in ready:
+            if event.data is None and event.envelope.type in EVENT_TYPES:
+                self.invalid_events += 1
+                log.error("projector skipped log event %d: data does not decode", event.position)
+            elif event.data is None:
+                self.unknown_events += 1
+
+    async def _park(
+        self, channel: aiormq.abc.AbstractChannel, message: Message, reason: str
+    ) -> None:
+        original = message.header.properties
+        headers = {
+            **(original.headers or {}),
+            "x-parked-reason": reason[:1000],
+            "x-original-routing-key": message.routing_key or "",
+        }
+        properties = spec.Basic.Properties(
+            headers=headers,
+            delivery_mode=2,
+            message_id=original.message_id,
+            message_type=original.message_type,
+            content_type=original.content_type,
+        )
+        confirm = await channel.basic_publish(
+            message.body, routing_key=self._settings.parked_queue, properties=properties
+        )
+        if not isinstance(confirm, spec.Basic.Ack):
+            raise ConnectionLost(f"the broker did not confirm parking: {confirm!r}")
+        self.parked += 1
+        log.warning("projector parked message %s: %s", original.message_id, reason)
+
+    async def _retry(self, attempt: Callable[[], Awaitable[T]]) -> T:
+        """Run `attempt` until it succeeds; transient storage failures back off and retry
+        (never skip: the messages stay unacked meanwhile)."""
+        backoff = Backoff(*self._backoff)
+        while True:
+            try:
+                return await attempt()
+            except _TRANSIENT as exc:
+                self.retries += 1
+                self._reload = True
+                log.warning("projector storage failure, retrying: %r", exc)
+            await asyncio.sleep(backoff.next())
+
+
+def _decode(batch: list[Message]) -> tuple[list[Decoded], list[Parked]]:
+    decoded: list[Decoded] = []
+    parked: list[Parked] = []
+    for message in batch:
+        try:
+            decoded.append(decode_body(message.body))
+        except Undecodable as exc:
+            parked.append((message, exc.reason))
+    return decoded, parked
+
+
+async def _take(inbox: asyncio.Queue[Message | None], limit: int) -> list[Message]:
+    """What is ready, up to `limit` (waits for the first). Raises ConnectionLost."""
+    first = await inbox.get()
+    if first is None:
+        raise ConnectionLost("the AMQP channel closed")
+    batch = [first]
+    while len(batch) < limit and not inbox.empty():
+        message = inbox.get_nowait()
+        if message is None:
+            inbox.put_nowait(None)  # handle what arrived, then notice the loss
+            break
+        batch.append(message)
+    return batch

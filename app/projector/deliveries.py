@@ -1,0 +1,99 @@
+"""What the projector receives, decoded, and the order in which it applies it.
+
+A delivery is an Envelope (DESIGN §5). `plan` turns a batch of deliveries into the steps that
+apply the log strictly in position order: duplicates dropped, reorderings undone, and a `Gap`
+wherever a delivery's `prev_position` says the transport lost something (read from the log).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import msgspec
+
+from app.eventlog import LoggedEvent
+from app.events import EVENT_TYPES, Envelope, EventData, decode_data
+
+_decoder = msgspec.json.Decoder(Envelope)
+
+
+class Undecodable(ValueError):
+    """A message that is not an Envelope of a known shape; `reason` goes to the parked queue."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class Decoded:
+    envelope: Envelope
+    data: EventData | None  # None: not projected (a type this version does not know)
+
+    @property
+    def position(self) -> int:
+        return self.envelope.position
+
+
+@dataclass(frozen=True, slots=True)
+class Gap:
+    """Log positions `after` < p <= `through` that must be read from PostgreSQL."""
+
+    after: int
+    through: int
+
+
+def decode_body(body: bytes) -> Decoded:
+    """The delivered event. Raises Undecodable for anything but an Envelope whose data
+    matches its (known) type; an unknown type decodes with data None (tolerant reader)."""
+    try:
+        envelope = _decoder.decode(body)
+    except msgspec.DecodeError as exc:
+        raise Undecodable(f"not an event envelope: {exc}") from None
+    if envelope.type not in EVENT_TYPES:
+        return Decoded(envelope, None)
+    try:
+        return Decoded(envelope, decode_data(envelope.type, envelope.data))
+    except msgspec.ValidationError as exc:
+        raise Undecodable(f"invalid {envelope.type} data: {exc}") from None
+
+
+def decode_logged(event: LoggedEvent, prev_position: int) -> Decoded:
+    """An event read from the log; data that does not decode is skipped (data None), since
+    the log cannot be parked and must not stop the projector forever."""
+    envelope = event.envelope(prev_position)
+    if envelope.type not in EVENT_TYPES:
+        return Decoded(envelope, None)
+    try:
+        return Decoded(envelope, decode_data(envelope.type, envelope.data))
+    except msgspec.ValidationError:
+        return Decoded(envelope, None)
+
+
+def plan(applied: int, deliveries: Iterable[Decoded]) -> list[Decoded | Gap]:
+    """Steps that continue the read model from `applied` in position order.
+
+    Deliveries at or below the applied position (or repeated) are duplicates and vanish. A
+    delivery whose `prev_position` is past what precedes it is preceded by a Gap up to just
+    before it: the relay publishes every committed event, so the log fills it exactly."""
+    steps: list[Decoded | Gap] = []
+    cursor = applied
+    for delivery in sorted(deliveries, key=lambda d: d.position):
+        if delivery.position <= cursor:
+            continue
+        if delivery.envelope.prev_position > cursor:
+            steps.append(Gap(after=cursor, through=delivery.position - 1))
+        steps.append(delivery)
+        cursor = delivery.position
+    return steps
+
+
+def repaired(gap: Gap, events: Iterable[LoggedEvent]) -> list[Decoded]:
+    """The log's events of `gap`, chained by their real predecessors."""
+    decoded: list[Decoded] = []
+    prev = gap.after
+    for event in events:
+        decoded.append(decode_logged(event, prev))
+        prev = event.position
+    return decoded

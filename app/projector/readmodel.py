@@ -1,0 +1,110 @@
+"""The read model store: indexes, fenced batch writes, the applied position, full rebuilds."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any, Final
+
+import asyncpg
+from pymongo import ASCENDING, DESCENDING
+from pymongo.asynchronous.collection import AsyncCollection
+from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import BulkWriteError
+
+from app.eventlog import fetch_after
+from app.projector.deliveries import Decoded, decode_logged
+from app.projector.documents import COLLECTIONS, Write, project
+
+log = logging.getLogger(__name__)
+
+Document = dict[str, Any]
+META: Final = "meta"
+META_ID: Final = "projection"
+_DUPLICATE_KEY: Final = 11000
+
+
+async def ensure_indexes(db: AsyncDatabase[Document]) -> None:
+    """Create the read model's indexes (idempotent; see app.projector.documents)."""
+    newest_first = [("placed_at", DESCENDING), ("_id", DESCENDING)]
+    await db.orders.create_index([("customer_id", ASCENDING), *newest_first])
+    await db.orders.create_index([("customer_id", ASCENDING), ("status", ASCENDING), *newest_first])
+    await db.products.create_index("sku", unique=True)
+    await db.products.create_index([("units_sold", DESCENDING), ("_id", ASCENDING)])
+
+
+async def load_position(db: AsyncDatabase[Document]) -> int:
+    """The applied position stored with the read model (0 for an empty one)."""
+    meta = await db[META].find_one({"_id": META_ID})
+    return int(meta["position"]) if meta else 0
+
+
+async def apply_events(db: AsyncDatabase[Document], events: Sequence[Decoded]) -> None:
+    """Write `events` (in position order) to the documents, then store the position of the
+    last one as applied. Idempotent: re-applying any prefix of the log changes nothing.
+    Raises PyMongoError (connection, timeout) with some writes possibly done: retry it."""
+    if not events:
+        return
+    writes = [w for e in events if e.data is not None for w in project(e.envelope, e.data)]
+    for name in COLLECTIONS:
+        await write_ordered(db[name], [w for w in writes if w.collection == name])
+    await db[META].update_one(
+        {"_id": META_ID}, {"$max": {"position": events[-1].position}}, upsert=True
+    )
+
+
+async def write_ordered(collection: AsyncCollection[Document], writes: Sequence[Write]) -> None:
+    """One ordered bulk write; an upsert that hits an existing document is already applied,
+    so the rest of the batch continues after it."""
+    start = 0
+    while start < len(writes):
+        try:
+            await collection.bulk_write([w.operation() for w in writes[start:]], ordered=True)
+            return
+        except BulkWriteError as exc:
+            failed = start + _failed_index(exc)
+            if not await _already_applied(collection, writes[failed], exc):
+                raise
+            start = failed + 1
+
+
+def _failed_index(exc: BulkWriteError) -> int:
+    errors = exc.details.get("writeErrors") or []
+    if not errors:
+        raise exc
+    return int(errors[0]["index"])
+
+
+async def _already_applied(
+    collection: AsyncCollection[Document], write: Write, exc: BulkWriteError
+) -> bool:
+    """A fenced upsert fails with a duplicate key exactly when its document exists with a
+    newer fence; any other duplicate (e.g. a second document with the same sku) is real."""
+    if not write.upsert or exc.details["writeErrors"][0].get("code") != _DUPLICATE_KEY:
+        return False
+    return await collection.find_one({"_id": write.filter["_id"]}, {"_id": 1}) is not None
+
+
+async def drop(db: AsyncDatabase[Document]) -> None:
+    for name in (*COLLECTIONS, META):
+        await db.drop_collection(name)
+
+
+async def rebuild(pool: asyncpg.Pool, db: AsyncDatabase[Document], batch_size: int = 2000) -> int:
+    """Drop the read model and apply the whole log from position 0, straight from
+    PostgreSQL (disaster recovery, benchmarks). Returns the applied position. Run it with
+    the projector stopped: both writing is safe (fenced) but wasteful."""
+    await drop(db)
+    await ensure_indexes(db)
+    position = 0
+    while True:
+        async with pool.acquire() as conn:
+            logged = await fetch_after(conn, position, batch_size)
+        if not logged:
+            return position
+        events = []
+        for event in logged:
+            events.append(decode_logged(event, position))
+            position = event.position
+        await apply_events(db, events)
+        log.info("read model rebuilt up to position %d", position)

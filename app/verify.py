@@ -1,0 +1,187 @@
+"""`python -m app verify`: compare the read model (MongoDB) with the truth (PostgreSQL).
+
+Meant to run once the projector has caught up: `verify` first waits (bounded) until the read
+model's applied position reaches the log's last position, then compares every product's stock,
+sales and version, every order's status, total, lines and version, and every customer's order
+count, spend and last order time, as PostgreSQL computes them from its own tables. While events
+keep arriving the two legitimately differ; run it on a quiet system.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterable
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+import msgspec
+from pymongo import AsyncMongoClient
+from pymongo.asynchronous.database import AsyncDatabase
+
+from app.projector.readmodel import load_position
+from app.settings import Settings
+
+Fields = dict[str, Any]
+Documents = dict[str, Fields]
+
+
+class Difference(msgspec.Struct, frozen=True, kw_only=True):
+    collection: str
+    id: str
+    field: str  # "*" when the whole document is missing or extra
+    expected: Any
+    actual: Any
+
+
+class Report(msgspec.Struct, kw_only=True):
+    log_position: int
+    read_position: int
+    checked: dict[str, int]
+    differences: list[Difference]
+
+    @property
+    def caught_up(self) -> bool:
+        return self.read_position >= self.log_position
+
+    @property
+    def ok(self) -> bool:
+        return self.caught_up and not self.differences
+
+
+_PRODUCTS = """
+SELECT p.product_id::text AS id, p.sku, p.name, p.price_cents, p.stock, p.version,
+       coalesce(sum(l.quantity) FILTER (WHERE o.status <> 'cancelled'), 0) AS units_sold,
+       coalesce(sum(l.quantity * l.unit_price_cents) FILTER (WHERE o.status <> 'cancelled'), 0)
+           AS revenue_cents
+FROM products p
+LEFT JOIN order_lines l ON l.product_id = p.product_id
+LEFT JOIN orders o ON o.order_id = l.order_id
+GROUP BY p.product_id
+"""
+_ORDERS = """
+SELECT order_id::text AS id, customer_id, status, total_cents, version, placed_at FROM orders
+"""
+_LINES = """
+SELECT l.order_id::text AS id, l.product_id::text AS product_id, p.sku, p.name, l.quantity,
+       l.unit_price_cents, l.quantity * l.unit_price_cents AS line_total_cents
+FROM order_lines l JOIN products p ON p.product_id = l.product_id
+ORDER BY l.order_id, l.line_no
+"""
+_CUSTOMERS = """
+SELECT customer_id AS id, count(*) AS order_count,
+       coalesce(sum(total_cents) FILTER (WHERE status IN ('paid', 'shipped')), 0)
+           AS total_spent_cents,
+       max(placed_at) AS last_order_at
+FROM orders GROUP BY customer_id
+"""
+
+
+async def verify(settings: Settings, wait_s: float = 30.0) -> Report:
+    """Differences between PostgreSQL's truth and the read model of `settings.mongo_db`,
+    after waiting up to `wait_s` for the projector to catch up. Reads only."""
+    conn = await asyncpg.connect(settings.database_url)
+    client: AsyncMongoClient[Fields] = AsyncMongoClient(settings.mongo_url, tz_aware=True)
+    try:
+        db = client[settings.mongo_db]
+        log_position = int(await conn.fetchval("SELECT coalesce(max(position), 0) FROM events"))
+        read_position = await _wait_for_position(db, log_position, wait_s)
+        expected = await _expected(conn)
+        checked = {name: len(docs) for name, docs in expected.items()}
+        differences = [d for name, docs in expected.items() for d in await _compare(db, name, docs)]
+    finally:
+        await conn.close()
+        await client.close()
+    return Report(
+        log_position=log_position,
+        read_position=read_position,
+        checked=checked,
+        differences=differences,
+    )
+
+
+async def _wait_for_position(db: AsyncDatabase[Fields], position: int, wait_s: float) -> int:
+    # Another process owns the projector, so there is nothing to be woken by: poll, bounded.
+    deadline = time.monotonic() + wait_s
+    while True:
+        applied = await load_position(db)
+        if applied >= position or time.monotonic() >= deadline:
+            return applied
+        await asyncio.sleep(0.1)
+
+
+async def _expected(conn: asyncpg.Connection) -> dict[str, Documents]:
+    orders = _by_id(await conn.fetch(_ORDERS))
+    for order in orders.values():
+        order["lines"] = []
+    for line in await conn.fetch(_LINES):
+        fields = dict(line)
+        orders[fields.pop("id")]["lines"].append(fields)
+    return {
+        "products": _by_id(await conn.fetch(_PRODUCTS)),
+        "orders": orders,
+        "customers": _by_id(await conn.fetch(_CUSTOMERS)),
+    }
+
+
+def _by_id(rows: Iterable[asyncpg.Record]) -> Documents:
+    documents: Documents = {}
+    for row in rows:
+        fields = {k: _as_stored(v) for k, v in dict(row).items()}
+        documents[fields.pop("id")] = fields
+    return documents
+
+
+def _as_stored(value: Any) -> Any:
+    """PostgreSQL values as the read model stores them: BSON dates keep milliseconds."""
+    if isinstance(value, datetime):
+        return value.replace(microsecond=value.microsecond // 1000 * 1000)
+    return value
+
+
+async def _compare(db: AsyncDatabase[Fields], name: str, expected: Documents) -> list[Difference]:
+    differences: list[Difference] = []
+    seen: set[str] = set()
+    async for document in db[name].find():
+        doc_id = str(document["_id"])
+        seen.add(doc_id)
+        if doc_id not in expected:
+            differences.append(
+                Difference(
+                    collection=name, id=doc_id, field="*", expected="absent", actual="present"
+                )
+            )
+            continue
+        differences += _compare_fields(name, doc_id, expected[doc_id], document)
+    differences += [
+        Difference(collection=name, id=doc_id, field="*", expected="present", actual="missing")
+        for doc_id in expected.keys() - seen
+    ]
+    return differences
+
+
+def _compare_fields(name: str, doc_id: str, expected: Fields, actual: Fields) -> list[Difference]:
+    return [
+        Difference(
+            collection=name, id=doc_id, field=field, expected=value, actual=actual.get(field)
+        )
+        for field, value in expected.items()
+        if actual.get(field) != value
+    ]
+
+
+def main(settings: Settings) -> int:
+    """CLI: print a summary (and up to 50 differences); 0 when the read model is exact."""
+    report = asyncio.run(verify(settings))
+    checked = ", ".join(f"{n} {name}" for name, n in report.checked.items())
+    print(f"log position {report.log_position}, read model position {report.read_position}")
+    print(f"checked {checked}: {len(report.differences)} differences")
+    for difference in report.differences[:50]:
+        print(
+            f"  {difference.collection}/{difference.id} {difference.field}: "
+            f"expected {difference.expected!r}, found {difference.actual!r}"
+        )
+    if not report.caught_up:
+        print("the read model has not caught up with the log")
+    return 0 if report.ok else 1

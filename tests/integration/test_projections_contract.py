@@ -1,0 +1,164 @@
+"""Contract of every projection: applying any prefix of a real log twice equals applying it once.
+
+The history comes from the real command handlers against a fresh database, including
+rolled-back transactions (positions that never commit), so the log has real gaps.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import asyncpg
+import pytest
+from pymongo import AsyncMongoClient
+from pymongo.asynchronous.database import AsyncDatabase
+
+from app.commands import orders, products
+from app.commands.errors import InsufficientStock, InvalidTransition
+from app.commands.outbox import EventMetadata
+from app.eventlog import LoggedEvent, fetch_after
+from app.events import Envelope
+from app.projector import readmodel
+from app.projector.deliveries import Decoded, Gap, repaired
+from app.projector.documents import COLLECTIONS
+from app.settings import Settings
+
+Document = dict[str, Any]
+CUSTOMERS = ("alice", "bob", "carol", "dave")
+
+
+class _Rollback(Exception):
+    """Raised inside a transaction to roll it back after it drew positions."""
+
+
+def _meta() -> EventMetadata:
+    return EventMetadata(correlation_id=str(uuid.uuid4()))
+
+
+async def _create_product(conn: asyncpg.Connection, rng: random.Random) -> uuid.UUID:
+    cmd = products.CreateProduct(
+        sku=f"SKU-{uuid.uuid4().hex[:10]}",
+        name=f"Product {rng.randint(1, 999)}",
+        price_cents=rng.randint(1, 5000),
+        stock=rng.randint(0, 30),
+    )
+    async with conn.transaction():
+        return (await products.create_product(conn, cmd, _meta())).product_id
+
+
+async def _place(conn: asyncpg.Connection, rng: random.Random, ids: list[uuid.UUID]) -> uuid.UUID:
+    lines = tuple(
+        orders.LineRequest(product_id=p, quantity=rng.randint(1, 6))
+        for p in rng.sample(ids, rng.randint(1, min(3, len(ids))))
+    )
+    cmd = orders.PlaceOrder(customer_id=rng.choice(CUSTOMERS), lines=lines)
+    async with conn.transaction():
+        return (await orders.place_order(conn, cmd, _meta())).order_id
+
+
+async def _step(
+    conn: asyncpg.Connection, rng: random.Random, ids: list[uuid.UUID], placed: list[uuid.UUID]
+) -> None:
+    roll = rng.random()
+    if roll < 0.45:
+        placed.append(await _place(conn, rng, ids))
+    elif roll < 0.8 and placed:
+        action: orders.Action = rng.choice(("pay", "pay", "ship", "cancel"))
+        async with conn.transaction():
+            await orders.transition_order(conn, rng.choice(placed), action, None, _meta())
+    elif roll < 0.9:
+        async with conn.transaction():
+            cmd = products.RestockProduct(quantity=rng.randint(1, 20))
+            await products.restock_product(conn, rng.choice(ids), cmd, _meta())
+    else:
+        async with conn.transaction():
+            await _place(conn, rng, ids)
+            raise _Rollback
+
+
+async def _every_transition(
+    conn: asyncpg.Connection, rng: random.Random, ids: list[uuid.UUID]
+) -> None:
+    """Make sure every event type occurs: restock, then cancel a paid and a placed order."""
+    for product_id in ids:
+        async with conn.transaction():
+            cmd = products.RestockProduct(quantity=50)
+            await products.restock_product(conn, product_id, cmd, _meta())
+    for actions in (("pay", "cancel"), ("cancel",), ("pay", "ship")):
+        order_id = await _place(conn, rng, ids)
+        for action in actions:
+            async with conn.transaction():
+                await orders.transition_order(conn, order_id, action, None, _meta())
+
+
+async def make_history(dsn: str, rng: random.Random, steps: int = 80) -> list[LoggedEvent]:
+    """Run random commands through the real handlers; return the committed log."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        ids = [await _create_product(conn, rng) for _ in range(5)]
+        placed: list[uuid.UUID] = []
+        for _ in range(steps):
+            with contextlib.suppress(InsufficientStock, InvalidTransition, _Rollback):
+                await _step(conn, rng, ids, placed)
+        await _every_transition(conn, rng, ids)
+        return await fetch_after(conn, 0, 1_000_000)
+    finally:
+        await conn.close()
+
+
+def decoded(logged: list[LoggedEvent]) -> list[Decoded]:
+    return repaired(Gap(after=0, through=logged[-1].position), logged)
+
+
+def envelopes(logged: list[LoggedEvent]) -> list[Envelope]:
+    return [d.envelope for d in decoded(logged)]
+
+
+async def snapshot(db: AsyncDatabase[Document]) -> dict[str, list[Document]]:
+    return {
+        name: [doc async for doc in db[name].find().sort("_id", 1)]
+        for name in (*COLLECTIONS, readmodel.META)
+    }
+
+
+@pytest.fixture
+async def mongo_db(settings: Settings) -> AsyncIterator[AsyncDatabase[Document]]:
+    """This test's own Mongo database, dropped afterwards."""
+    client: AsyncMongoClient[Document] = AsyncMongoClient(settings.mongo_url, tz_aware=True)
+    yield client[settings.mongo_db]
+    await client.drop_database(settings.mongo_db)
+    await client.close()
+
+
+async def _apply_in_batches(
+    db: AsyncDatabase[Document], events: list[Decoded], rng: random.Random
+) -> None:
+    start = 0
+    while start < len(events):
+        size = rng.randint(1, 25)
+        await readmodel.apply_events(db, events[start : start + size])
+        start += size
+
+
+async def test_applying_any_prefix_twice_equals_once(
+    fresh_database_url: str, mongo_db: AsyncDatabase[Document]
+) -> None:
+    rng = random.Random(uuid.uuid4().int)
+    events = decoded(await make_history(fresh_database_url, rng))
+    assert len({e.envelope.type for e in events}) == 8, "the history covers every event type"
+    assert any(e.envelope.prev_position != e.position - 1 for e in events), "the log has gaps"
+    prefixes = [*sorted(rng.sample(range(1, len(events)), 4)), len(events)]
+    for k in prefixes:
+        await readmodel.drop(mongo_db)
+        await readmodel.ensure_indexes(mongo_db)
+        await _apply_in_batches(mongo_db, events[:k], rng)
+        once = await snapshot(mongo_db)
+        assert once["meta"] == [{"_id": "projection", "position": events[k - 1].position}]
+        await _apply_in_batches(mongo_db, events[:k], rng)
+        assert await snapshot(mongo_db) == once, f"prefix of {k} events applied twice"
+        await _apply_in_batches(mongo_db, events[: rng.randint(1, k)], rng)
+        assert await snapshot(mongo_db) == once, f"a shorter prefix re-applied after {k}"

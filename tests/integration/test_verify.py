@@ -1,0 +1,83 @@
+"""`verify` against a read model rebuilt from a real log: exact, then tampered with."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import replace
+from typing import Any
+
+import asyncpg
+import pytest
+from pymongo import AsyncMongoClient
+from pymongo.asynchronous.database import AsyncDatabase
+
+from app.projector import readmodel
+from app.settings import Settings
+from app.verify import main, verify
+from tests.integration.test_projections_contract import make_history
+
+Document = dict[str, Any]
+
+
+@pytest.fixture
+async def env(settings: Settings, fresh_database_url: str) -> Settings:
+    return replace(settings, database_url=fresh_database_url)
+
+
+@pytest.fixture
+async def rebuilt(env: Settings) -> AsyncIterator[AsyncDatabase[Document]]:
+    """A read model rebuilt from a random history; its Mongo database dropped afterwards."""
+    log = await make_history(env.database_url, random.Random(uuid.uuid4().int), steps=40)
+    client: AsyncMongoClient[Document] = AsyncMongoClient(env.mongo_url, tz_aware=True)
+    pool = await asyncpg.create_pool(env.database_url, min_size=1, max_size=2)
+    assert pool is not None
+    try:
+        db = client[env.mongo_db]
+        assert await readmodel.rebuild(pool, db, batch_size=7) == log[-1].position
+        yield db
+    finally:
+        await pool.close()
+        await client.drop_database(env.mongo_db)
+        await client.close()
+
+
+async def test_a_rebuilt_read_model_verifies_exact(
+    env: Settings, rebuilt: AsyncDatabase[Document]
+) -> None:
+    report = await verify(env, wait_s=1)
+    assert report.differences == []
+    assert report.ok
+    assert report.checked["orders"] > 0
+    assert await asyncio.to_thread(main, env) == 0
+
+
+async def test_verify_reports_every_kind_of_difference(
+    env: Settings, rebuilt: AsyncDatabase[Document]
+) -> None:
+    product = await rebuilt.products.find_one()
+    order = await rebuilt.orders.find_one()
+    assert product is not None
+    assert order is not None
+    await rebuilt.products.update_one({"_id": product["_id"]}, {"$inc": {"stock": 1}})
+    await rebuilt.orders.delete_one({"_id": order["_id"]})
+    await rebuilt.customers.insert_one({"_id": "ghost", "order_count": 1})
+    report = await verify(env, wait_s=1)
+    found = {(d.collection, d.id, d.field) for d in report.differences}
+    assert found == {
+        ("products", product["_id"], "stock"),
+        ("orders", order["_id"], "*"),
+        ("customers", "ghost", "*"),
+    }
+    assert await asyncio.to_thread(main, env) == 1
+
+
+async def test_verify_notices_a_read_model_that_lags(
+    env: Settings, rebuilt: AsyncDatabase[Document]
+) -> None:
+    await rebuilt.meta.update_one({"_id": "projection"}, {"$inc": {"position": -1}})
+    report = await verify(env, wait_s=0.2)
+    assert not report.caught_up
+    assert not report.ok
