@@ -107,7 +107,7 @@ async def _raw_ceiling(settings: Settings, bodies: list[tuple[bytes, Any, str]])
             await slots.acquire()
             task = asyncio.ensure_future(
                 channel.basic_publish(
-                    body, exchange=exchange, routing_key=key, properties=properties
+                    body, exchange=exchange, routing_key=key, properties=properties, wait=False
                 )
             )
             task.add_done_callback(lambda _: slots.release())

@@ -57,11 +57,14 @@ class ConfirmWindow:
         await self._slots.acquire()
         self._raise_failure()
         task = asyncio.ensure_future(
-            self._channel.basic_publish(
+            self._channel.basic_publish(  # type: ignore[call-arg]  # the ABC omits `wait`
                 message_body(event, prev_position),
                 exchange=self._exchange,
                 routing_key=routing_key(event.type),
                 properties=message_properties(event),
+                # Don't hold the channel lock until each frame is flushed: frames still go
+                # out in call order through the channel's write queue, many per socket write.
+                wait=False,
             )
         )
         task.add_done_callback(self._on_done)
