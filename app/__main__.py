@@ -1,4 +1,5 @@
-"""`python -m app [serve|migrate]`: serve (migrating first, the default) or only migrate."""
+"""`python -m app [serve|migrate|verify]`: serve (migrating first, the default), only migrate,
+or compare the read model with the write side's truth (exit 1 on any difference)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,9 @@ from app.settings import Settings, SettingsError
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m app", description=__doc__)
-    parser.add_argument("command", nargs="?", default="serve", choices=["serve", "migrate"])
+    parser.add_argument(
+        "command", nargs="?", default="serve", choices=["serve", "migrate", "verify"]
+    )
     args = parser.parse_args(argv)
     try:
         settings = Settings.from_env()
@@ -23,6 +26,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    if args.command == "verify":
+        from app import verify
+
+        return verify.main(settings)
     try:
         applied = asyncio.run(migrate(settings.database_url))
     except MigrationError as exc:

@@ -6,18 +6,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
+from typing import Any
 
 import asyncpg
+from pymongo import AsyncMongoClient
 from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
 
-from app import problems
+from app import operations, problems
 from app.commands import idempotency
-from app.commands import routes as command_routes
+from app.commands.relay import Relay
 from app.commands.routes import CommandContext
+from app.commands.routes import routes as command_routes
+from app.projector.applied import AppliedPosition
+from app.projector.consumer import Projector
+from app.queries.routes import QueryContext
+from app.queries.routes import routes as query_routes
+from app.queries.waiting import LocalFirstWaiter, MongoPositionWaiter, Waiter
 from app.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -35,18 +40,27 @@ async def _purge_idempotency_keys(pool: asyncpg.Pool, ttl_s: int) -> None:
         await asyncio.sleep(min(ttl_s, 3600) / 4)
 
 
-async def live(request: Request) -> Response:
-    return JSONResponse({"status": "live"})
+class Tasks:
+    """The background tasks of one app: hard references, cancelled in reverse order."""
+
+    def __init__(self) -> None:
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def start(self, name: str, coroutine: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(coroutine, name=name)
+        task.add_done_callback(_report_end)
+        self._tasks.append(task)
+
+    async def stop(self) -> None:
+        for task in reversed(self._tasks):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
 
-async def ready(request: Request) -> Response:
-    pool: asyncpg.Pool = request.app.state.pool
-    try:
-        async with pool.acquire(timeout=2) as conn:
-            await conn.fetchval("SELECT 1", timeout=2)
-    except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-        return JSONResponse({"status": "unavailable", "postgres": repr(exc)}, status_code=503)
-    return JSONResponse({"status": "ready", "postgres": "ok"})
+def _report_end(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("background task %s ended", task.get_name(), exc_info=task.exception())
 
 
 def create_app(settings: Settings) -> Starlette:
@@ -61,36 +75,50 @@ def create_app(settings: Settings) -> Starlette:
             max_size=settings.db_pool_max,
         )
         assert pool is not None
+        mongo: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
+            settings.mongo_url, tz_aware=True, serverSelectionTimeoutMS=5000
+        )
+        db = mongo[settings.mongo_db]
         commit_signal = asyncio.Event()
-        app.state.pool = pool
-        app.state.commit_signal = commit_signal
+        tasks = Tasks()
+        relay = projector = None
+        remote = MongoPositionWaiter(db, settings.read_poll_interval_s)
+        waiter: Waiter = remote
+        if settings.relay_enabled:
+            relay = Relay(settings, commit_signal)
+            tasks.start("relay", relay.run())
+        if settings.projector_enabled:
+            applied = AppliedPosition()
+            projector = Projector(settings, pool, db, applied)
+            waiter = LocalFirstWaiter(applied, remote, grace_s=settings.read_poll_interval_s)
+            tasks.start("projector", projector.run())
+        tasks.start("purge-keys", _purge_idempotency_keys(pool, settings.idempotency_ttl_s))
         app.state.commands = CommandContext(
             pool=pool,
             idempotency_ttl_s=settings.idempotency_ttl_s,
             acquire_timeout_s=settings.command_timeout_s,
             on_commit=commit_signal.set,
         )
-        tasks = [
-            asyncio.create_task(
-                _purge_idempotency_keys(pool, settings.idempotency_ttl_s), name="purge-keys"
-            ),
-        ]
+        app.state.queries = QueryContext(
+            db=db, waiter=waiter, read_wait_max_s=settings.read_wait_max_s
+        )
+        app.state.operations = operations.OperationsContext(
+            settings=settings, pool=pool, db=db, waiter=waiter, relay=relay, projector=projector
+        )
         try:
             yield
         finally:
-            for task in reversed(tasks):
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await tasks.stop()
+            await mongo.close()
             await pool.close()
 
     app = Starlette(
         routes=[
-            *command_routes.routes(),
-            Route("/health/live", live, methods=["GET"]),
-            Route("/health/ready", ready, methods=["GET"]),
+            *command_routes(),
+            *query_routes(),
+            *operations.routes(),
         ],
         lifespan=lifespan,
     )
-    app.state.settings = settings
     problems.install(app)
     return app

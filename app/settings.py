@@ -50,6 +50,7 @@ class Settings:
     projector_batch_size: int = 256
     read_wait_max_s: float = 5.0
     read_poll_interval_s: float = 0.05
+    ready_max_lag: int = 10_000
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -76,6 +77,7 @@ class Settings:
             "projector_prefetch",
             "projector_batch_size",
             "idempotency_ttl_s",
+            "ready_max_lag",
         ):
             if getattr(self, name) < 1:
                 raise SettingsError(f"{name.upper()} must be >= 1")

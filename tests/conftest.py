@@ -98,7 +98,7 @@ def mongo_url() -> Iterator[str]:
         return
     storage = tempfile.mkdtemp(prefix="secantus-test-")
     port = _free_port()
-    process = subprocess.Popen(  # noqa: S603 - our own interpreter, fixed arguments
+    process = subprocess.Popen(
         [sys.executable, "-m", "secantus", "--port", str(port), "--storage-path", storage],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

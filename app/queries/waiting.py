@@ -91,3 +91,46 @@ async def wait_until_applied(waiter: Waiter, after: int, max_wait_s: float) -> i
         after=after,
         position=current,
     )
+
+
+class LocalFirstWaiter:
+    """The in-process wake-up first, the `meta` document when that stays silent.
+
+    With several replicas only one projector is the active consumer; the others' in-process
+    positions stand still. So a wait that the local position has not satisfied within `grace_s`
+    also polls `meta` (through `remote`), and the first to reach the position answers. On the
+    active replica reads are woken in-process and never touch `meta`.
+    """
+
+    def __init__(self, local: Waiter, remote: Waiter, grace_s: float) -> None:
+        self._local = local
+        self._remote = remote
+        self._grace_s = grace_s
+
+    @property
+    def current(self) -> int:
+        return max(self._local.current, self._remote.current)
+
+    async def wait_for(self, position: int, timeout: float) -> bool:  # noqa: ASYNC109 - Waiter's
+        if self.current >= position:
+            return True
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        if await self._local.wait_for(position, min(self._grace_s, timeout)):
+            return True
+        remaining = deadline - loop.time()
+        if remaining <= 0:
+            return self.current >= position
+        waits = [
+            asyncio.ensure_future(waiter.wait_for(position, remaining))
+            for waiter in (self._local, self._remote)
+        ]
+        try:
+            for finished in asyncio.as_completed(waits):
+                if await finished:
+                    return True
+        finally:
+            for wait in waits:
+                wait.cancel()
+            await asyncio.gather(*waits, return_exceptions=True)
+        return self.current >= position

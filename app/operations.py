@@ -1,0 +1,215 @@
+"""Operations endpoints: liveness, readiness (each dependency and the read model's lag) and
+Prometheus metrics. They observe the parts; they never change anything."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import asyncpg
+import msgspec
+from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import PyMongoError
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from app import broker
+from app.settings import Settings
+
+_PROBE_TIMEOUT_S = 2.0
+
+
+class RelayStatus(Protocol):
+    is_leader: bool
+    connected: bool
+    published_position: int
+
+
+class ProjectorStatus(Protocol):
+    connected: bool
+    batches: int
+    duplicates: int
+    repaired: int
+    unknown_events: int
+    invalid_events: int
+    parked: int
+    retries: int
+    reconnects: int
+
+    @property
+    def position(self) -> int: ...
+
+
+class PositionSource(Protocol):
+    @property
+    def current(self) -> int: ...
+
+
+@dataclass(frozen=True, slots=True)
+class OperationsContext:
+    settings: Settings
+    pool: asyncpg.Pool
+    db: AsyncDatabase[dict[str, Any]]
+    waiter: PositionSource
+    relay: RelayStatus | None
+    projector: ProjectorStatus | None
+
+
+def _context(request: Request) -> OperationsContext:
+    context: OperationsContext = request.app.state.operations
+    return context
+
+
+def _json(body: dict[str, Any], status: int = 200) -> Response:
+    return Response(msgspec.json.encode(body), status, media_type="application/json")
+
+
+async def live(request: Request) -> Response:
+    return _json({"status": "live"})
+
+
+async def _log_head(pool: asyncpg.Pool) -> int:
+    async with pool.acquire(timeout=_PROBE_TIMEOUT_S) as conn:
+        head: int = await conn.fetchval(
+            "SELECT coalesce(max(position), 0) FROM events", timeout=_PROBE_TIMEOUT_S
+        )
+    return head
+
+
+async def _check_postgres(context: OperationsContext) -> str | None:
+    try:
+        await _log_head(context.pool)
+    except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        return f"unreachable: {exc!r}"
+    return None
+
+
+async def _check_mongo(context: OperationsContext) -> str | None:
+    try:
+        await asyncio.wait_for(context.db.command("ping"), _PROBE_TIMEOUT_S)
+    except (PyMongoError, TimeoutError) as exc:
+        return f"unreachable: {exc!r}"
+    return None
+
+
+async def _check_rabbitmq(context: OperationsContext) -> str | None:
+    """Connected parts prove the broker is up; otherwise open (and close) a connection."""
+    if (context.projector and context.projector.connected) or (
+        context.relay and context.relay.connected
+    ):
+        return None
+    try:
+        connection = await asyncio.wait_for(broker.connect(context.settings), _PROBE_TIMEOUT_S)
+        await connection.close()
+    except Exception as exc:  # any failure to connect means "not ready"
+        return f"unreachable: {exc!r}"
+    return None
+
+
+async def ready(request: Request) -> Response:
+    """200 when PostgreSQL, RabbitMQ and MongoDB answer and the read model's lag is within
+    READY_MAX_LAG events; else 503 naming each failing part."""
+    context = _context(request)
+    postgres, rabbitmq, mongo = await asyncio.gather(
+        _check_postgres(context), _check_rabbitmq(context), _check_mongo(context)
+    )
+    checks: dict[str, str | None] = {"postgres": postgres, "rabbitmq": rabbitmq, "mongo": mongo}
+    if postgres is None:
+        lag = await _log_head(context.pool) - context.waiter.current
+        if lag > context.settings.ready_max_lag:
+            checks["lag"] = f"the read model is {lag} events behind"
+    failing = {part: reason for part, reason in checks.items() if reason is not None}
+    body: dict[str, Any] = {
+        "status": "unavailable" if failing else "ready",
+        "checks": {part: reason or "ok" for part, reason in checks.items()},
+    }
+    return _json(body, 503 if failing else 200)
+
+
+def _metric(lines: list[str], name: str, kind: str, help_text: str, value: float) -> None:
+    lines += [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}", f"{name} {value}"]
+
+
+async def metrics(request: Request) -> Response:
+    """Prometheus text exposition of the pipeline's positions, lag and counters."""
+    context = _context(request)
+    lines: list[str] = []
+    try:
+        head = await _log_head(context.pool)
+        _metric(lines, "shop_event_log_position", "gauge", "Last committed event position.", head)
+        _metric(
+            lines,
+            "shop_read_model_lag_events",
+            "gauge",
+            "Events committed but not yet applied to the read model.",
+            max(0, head - context.waiter.current),
+        )
+    except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError):
+        _metric(lines, "shop_postgres_up", "gauge", "PostgreSQL answered.", 0)
+    _metric(
+        lines,
+        "shop_read_model_position",
+        "gauge",
+        "Applied position known here.",
+        context.waiter.current,
+    )
+    if context.relay is not None:
+        relay = context.relay
+        _metric(
+            lines,
+            "shop_relay_leader",
+            "gauge",
+            "1 when this replica's relay publishes.",
+            int(relay.is_leader),
+        )
+        _metric(
+            lines,
+            "shop_relay_connected",
+            "gauge",
+            "Relay connected to the broker.",
+            int(relay.connected),
+        )
+        _metric(
+            lines,
+            "shop_relay_published_position",
+            "gauge",
+            "Highest position confirmed by the broker.",
+            relay.published_position,
+        )
+    if context.projector is not None:
+        projector = context.projector
+        _metric(
+            lines,
+            "shop_projector_connected",
+            "gauge",
+            "Projector consuming.",
+            int(projector.connected),
+        )
+        for counter in (
+            "batches",
+            "duplicates",
+            "repaired",
+            "unknown_events",
+            "invalid_events",
+            "parked",
+            "retries",
+            "reconnects",
+        ):
+            _metric(
+                lines,
+                f"shop_projector_{counter}_total",
+                "counter",
+                f"Projector {counter.replace('_', ' ')}.",
+                getattr(projector, counter),
+            )
+    return Response("\n".join(lines) + "\n", media_type="text/plain; version=0.0.4")
+
+
+def routes() -> list[Route]:
+    return [
+        Route("/health/live", live, methods=["GET"]),
+        Route("/health/ready", ready, methods=["GET"]),
+        Route("/metrics", metrics, methods=["GET"]),
+    ]
