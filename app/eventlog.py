@@ -100,3 +100,12 @@ async def fetch_after_in_snapshot(
     return SnapshotBatch(
         events=[LoggedEvent(**dict(r)) for r in rows], xip=snapshot["xip"], xmax=snapshot["xmax"]
     )
+
+
+async def settled_position(conn: asyncpg.Connection, relay_name: str) -> int:
+    """The relay's checkpoint: every position up to it was published or proven dead, so
+    reading the log up to it misses no late commit. 0 when that relay never published."""
+    position: int = await conn.fetchval(
+        "SELECT coalesce(max(position), 0) FROM relay_checkpoints WHERE name = $1", relay_name
+    )
+    return position

@@ -48,6 +48,7 @@ class Settings:
     projector_enabled: bool = True
     projector_prefetch: int = 512
     projector_batch_size: int = 256
+    projector_idle_check_s: float = 1.0
     read_wait_max_s: float = 5.0
     read_poll_interval_s: float = 0.05
     ready_max_lag: int = 10_000
@@ -83,6 +84,7 @@ class Settings:
                 raise SettingsError(f"{name.upper()} must be >= 1")
         for name in (
             "relay_poll_interval_s",
+            "projector_idle_check_s",
             "read_wait_max_s",
             "read_poll_interval_s",
             "command_timeout_s",

@@ -16,7 +16,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import PyMongoError
 
 from app.broker import connect, declare_topology
-from app.eventlog import fetch_range
+from app.eventlog import fetch_range, settled_position
 from app.events import EVENT_TYPES
 from app.projector import readmodel
 from app.projector.applied import AppliedPosition
@@ -78,6 +78,7 @@ class Projector:
         self._backoff = (backoff_initial_s, backoff_max_s)
         self._position: int | None = None
         self._reload = False
+        self._idle_position = -1
         self.connected = False
         self.batches = self.duplicates = self.repaired = 0
         self.unknown_events = self.invalid_events = self.parked = 0
@@ -112,8 +113,16 @@ class Projector:
             inbox = await self._subscribe(channel)
             self.connected = True
             backoff.reset()
+            limit, idle_s = (
+                self._settings.projector_batch_size,
+                self._settings.projector_idle_check_s,
+            )
             while True:
-                await self._handle(channel, await _take(inbox, self._settings.projector_batch_size))
+                batch = await _take(inbox, limit, idle_s)
+                if batch:
+                    await self._handle(channel, batch)
+                else:
+                    await self._retry(self._repair_stall)
         finally:
             self.connected = False
             with contextlib.suppress(*_DISCONNECTED, OSError):
@@ -163,6 +172,29 @@ class Projector:
         self._count(ready, filled, len(deliveries))
         if ready:
             self._position = ready[-1].position
+
+    async def _repair_stall(self) -> None:
+        """Idle: a lost delivery is normally revealed by the next one's `prev_position`, but
+        the last ones of a burst have no successor. So when the stored position stood still
+        for a whole idle period below the relay's checkpoint (everything up to it is published
+        or proven dead), read the missing events from the log."""
+        stored = await readmodel.load_position(self._db)
+        stalled, self._idle_position = stored == self._idle_position, stored
+        if self._position is None or stored > self._position:
+            self._position = stored  # another replica's projector applied them
+            self.applied.advance(stored)
+        if not stalled:
+            return
+        async with self._pool.acquire() as conn:
+            settled = await settled_position(conn, self._settings.relay_name)
+            if settled <= stored:
+                return
+            events = repaired(Gap(stored, settled), await fetch_range(conn, stored, settled))
+        if events:
+            await readmodel.apply_events(self._db, events)
+            self._count(events, len(events), 0)
+            self._position = events[-1].position
+            self.applied.advance(self._position)
 
     async def _reload_position(self) -> None:
         """After a storage failure trust the store, not memory: a store that crashed may have
@@ -236,9 +268,13 @@ def _decode(batch: list[Message]) -> tuple[list[Decoded], list[Parked]]:
     return decoded, parked
 
 
-async def _take(inbox: asyncio.Queue[Message | None], limit: int) -> list[Message]:
-    """What is ready, up to `limit` (waits for the first). Raises ConnectionLost."""
-    first = await inbox.get()
+async def _take(inbox: asyncio.Queue[Message | None], limit: int, idle_s: float) -> list[Message]:
+    """What is ready, up to `limit`, waiting up to `idle_s` for the first ([] when none came).
+    Raises ConnectionLost."""
+    try:
+        first = await asyncio.wait_for(inbox.get(), idle_s)
+    except TimeoutError:
+        return []
     if first is None:
         raise ConnectionLost("the AMQP channel closed")
     batch = [first]

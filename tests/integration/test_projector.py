@@ -82,7 +82,9 @@ class Projectors:
         self.env, self.pool = env, pool
         self.running: dict[int, tuple[asyncio.Task[None], AsyncMongoClient[Document]]] = {}
 
-    async def start(self, mongo_url: str | None = None, **kwargs: Any) -> Projector:
+    async def start(
+        self, mongo_url: str | None = None, settings: Settings | None = None, **kwargs: Any
+    ) -> Projector:
         client: AsyncMongoClient[Document] = AsyncMongoClient(
             mongo_url or self.env.mongo_url,
             tz_aware=True,
@@ -90,7 +92,7 @@ class Projectors:
             socketTimeoutMS=10_000,
         )
         projector = Projector(
-            self.env, self.pool, client[self.env.mongo_db], AppliedPosition(), **kwargs
+            settings or self.env, self.pool, client[self.env.mongo_db], AppliedPosition(), **kwargs
         )
         self.running[id(projector)] = (asyncio.create_task(projector.run()), client)
         return projector
@@ -194,6 +196,27 @@ async def test_lost_duplicated_and_reordered_deliveries_still_give_exact_documen
     assert await projector.applied.wait_for(log[-1].position, timeout=30)
     assert projector.repaired > 0
     assert projector.duplicates > 0
+    await assert_exact(env)
+
+
+async def test_lost_last_deliveries_are_read_from_the_log_once_idle(
+    env: Settings,
+    log: list[LoggedEvent],
+    channel: aiormq.abc.AbstractChannel,
+    projectors: Projectors,
+    pg: asyncpg.Pool,
+) -> None:
+    # the relay published (and settled) everything, but the last deliveries never arrive
+    await pg.execute(
+        "INSERT INTO relay_checkpoints (name, position) VALUES ($1, $2)",
+        env.relay_name,
+        log[-1].position,
+    )
+    projector = await projectors.start(settings=replace(env, projector_idle_check_s=0.1))
+    for envelope in envelopes(log)[:-3]:
+        await publish(channel, env, envelope)
+    assert await projector.applied.wait_for(log[-1].position, timeout=30)
+    assert projector.repaired == 3
     await assert_exact(env)
 
 
