@@ -1,0 +1,166 @@
+"""RabbitMQ unreachable for a while: commands keep succeeding (the log buffers), and once the
+broker is back the relay and the projector catch up with nothing lost or reordered.
+
+The outage is made with a TCP proxy of the test's own between the app and the broker, so the
+machine's RabbitMQ (shared with other runs) is never stopped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import replace
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import httpx
+import pytest
+from pymongo import AsyncMongoClient
+
+from app import broker
+from app.settings import Settings
+from app.verify import verify
+from tests.conftest import ServerFactory, _free_port
+
+pytestmark = pytest.mark.slow
+
+
+class Proxy:
+    """Forwards 127.0.0.1:<port> to the broker; `cut()` drops every connection and refuses
+    new ones until `restore()`."""
+
+    def __init__(self, target: tuple[str, int]) -> None:
+        self.target = target
+        self.port = _free_port()
+        self._server: asyncio.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+
+    async def restore(self) -> None:
+        self._server = await asyncio.start_server(self._accept, "127.0.0.1", self.port)
+
+    async def cut(self) -> None:
+        assert self._server is not None
+        self._server.close()
+        for writer in list(self._writers):
+            writer.transport.abort()
+        await self._server.wait_closed()
+        self._server = None
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            up_reader, up_writer = await asyncio.open_connection(*self.target)
+        except OSError:
+            writer.transport.abort()
+            return
+        self._writers |= {writer, up_writer}
+        try:
+            await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
+        finally:
+            self._writers -= {writer, up_writer}
+            for w in (writer, up_writer):
+                w.transport.abort()
+
+
+async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    with contextlib.suppress(OSError, asyncio.IncompleteReadError):
+        while data := await reader.read(65536):
+            writer.write(data)
+            await writer.drain()
+    writer.transport.abort()
+
+
+@pytest.fixture
+async def proxied(
+    settings: Settings, fresh_database_url: str
+) -> AsyncIterator[tuple[Settings, Proxy]]:
+    parts = urlsplit(settings.amqp_url)
+    proxy = Proxy((parts.hostname or "127.0.0.1", parts.port or 5672))
+    await proxy.restore()
+    netloc = f"{parts.username}:{parts.password}@127.0.0.1:{proxy.port}"
+    stack = replace(
+        settings,
+        database_url=fresh_database_url,
+        amqp_url=urlunsplit(parts._replace(netloc=netloc)),
+        relay_enabled=True,
+        projector_enabled=True,
+    )
+    yield stack, proxy
+    with contextlib.suppress(AssertionError):
+        await proxy.cut()
+    connection = await broker.connect(settings)
+    await broker.delete_topology(await connection.channel(), stack)
+    await connection.close()
+    mongo: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(stack.mongo_url)
+    await mongo.drop_database(stack.mongo_db)
+    await mongo.close()
+
+
+async def _order(http: httpx.AsyncClient, product_id: str, customer: str) -> dict[str, Any]:
+    response = await http.post(
+        "/orders",
+        json={"customer_id": customer, "lines": [{"product_id": product_id, "quantity": 1}]},
+    )
+    assert response.status_code == 201, response.text
+    body: dict[str, Any] = response.json()
+    return body
+
+
+async def _until_metric(http: httpx.AsyncClient, line: str) -> None:
+    deadline = time.monotonic() + 15
+    while line not in (await http.get("/metrics")).text.splitlines():
+        assert time.monotonic() < deadline, f"/metrics never showed {line!r}"
+        await asyncio.sleep(0.05)
+
+
+async def test_commands_succeed_during_a_broker_outage_and_nothing_is_lost(
+    proxied: tuple[Settings, Proxy], start_server: ServerFactory
+) -> None:
+    stack, proxy = proxied
+    server = await start_server(
+        **{
+            k: getattr(stack, k)
+            for k in ("database_url", "amqp_url", "relay_enabled", "projector_enabled")
+        }
+    )
+    async with httpx.AsyncClient(base_url=server.url, timeout=30) as http:
+        product = (
+            await http.post(
+                "/products",
+                json={
+                    "sku": f"OUT-{uuid.uuid4().hex[:8]}",
+                    "name": "Lamp",
+                    "price_cents": 700,
+                    "stock": 500,
+                },
+            )
+        ).json()["product_id"]
+        first = await _order(http, product, "before")
+        assert (
+            await http.get(f"/orders/{first['order_id']}", params={"after": first["position"]})
+        ).status_code == 200
+
+        await proxy.cut()
+        during = [await _order(http, product, f"during-{i % 3}") for i in range(30)]
+        for placed in during[::3]:
+            await http.post(f"/orders/{placed['order_id']}/pay")
+        await _until_metric(http, "shop_relay_connected 0")
+        await proxy.restore()
+
+        last = await _order(http, product, "after")
+        deadline = time.monotonic() + 60
+        while True:
+            response = await http.get(
+                f"/orders/{last['order_id']}", params={"after": last["position"]}
+            )
+            if response.status_code == 200:
+                break
+            assert response.status_code == 503, response.text
+            assert time.monotonic() < deadline, "the pipeline did not catch up after the outage"
+        stock = (await http.get(f"/products/{product}")).json()["stock"]
+    assert stock == 500 - 32
+    report = await verify(stack, wait_s=30)
+    assert report.differences == []
+    assert report.ok
