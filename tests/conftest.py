@@ -21,6 +21,7 @@ import asyncpg
 import httpx
 import pytest
 import uvicorn
+from starlette.types import ASGIApp as ASGIApplication
 
 from app.main import create_app
 from app.migrate import migrate
@@ -146,15 +147,16 @@ def settings(database_url: str, mongo_url: str) -> Settings:
 
 
 class Server:
-    """A real uvicorn server for one app, on a free port, in this event loop."""
+    """A real uvicorn server for one ASGI app (by default the whole service built from
+    `settings`), on a free port, in this event loop."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, app: ASGIApplication | None = None) -> None:
         self.settings = settings
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self._server = uvicorn.Server(
             uvicorn.Config(
-                create_app(settings),
+                app or create_app(settings),
                 host="127.0.0.1",
                 port=self.port,
                 lifespan="on",

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import socket
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -14,7 +13,6 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 from pymongo import AsyncMongoClient
 from pymongo.asynchronous.database import AsyncDatabase
 from starlette.applications import Starlette
@@ -22,46 +20,20 @@ from starlette.applications import Starlette
 from app import problems
 from app.queries.routes import QueryContext, routes
 from app.queries.waiting import MongoPositionWaiter
+from app.settings import Settings
+from tests.conftest import Server, _free_port
 
 Db = AsyncDatabase[dict[str, Any]]
 Serve = Callable[..., Awaitable[httpx.AsyncClient]]
 T0 = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-class QueryServer:
-    """A real uvicorn server for the query routes alone, on a free port, in this event loop."""
-
-    def __init__(self, context: QueryContext) -> None:
-        app = Starlette(routes=routes())
-        problems.install(app)
-        app.state.queries = context
-        self.url = f"http://127.0.0.1:{_free_port()}"
-        config = uvicorn.Config(
-            app, host="127.0.0.1", port=int(self.url.rsplit(":", 1)[1]), log_level="warning"
-        )
-        self._server = uvicorn.Server(config)
-        self._task: asyncio.Task[None] | None = None
-
-    async def start(self) -> None:
-        self._server.config.setup_event_loop = lambda: None  # type: ignore[method-assign]
-        self._task = asyncio.create_task(self._server.serve())
-        deadline = time.monotonic() + 20
-        while not self._server.started:
-            if self._task.done() or time.monotonic() > deadline:
-                raise RuntimeError("the query app did not start")
-            await asyncio.sleep(0.02)
-
-    async def stop(self) -> None:
-        self._server.should_exit = True
-        if self._task is not None:
-            await self._task
+def query_server(context: QueryContext) -> Server:
+    """A real server for the query routes alone."""
+    app = Starlette(routes=routes())
+    problems.install(app)
+    app.state.queries = context
+    return Server(Settings(), app)
 
 
 @pytest.fixture
@@ -83,7 +55,7 @@ async def db(mongo_url: str) -> AsyncIterator[Db]:
 @pytest.fixture
 async def serve(db: Db) -> AsyncIterator[Serve]:
     """Serve the query routes over `db`; keyword arguments override the context's fields."""
-    servers: list[QueryServer] = []
+    servers: list[Server] = []
     clients: list[httpx.AsyncClient] = []
 
     async def start(**overrides: Any) -> httpx.AsyncClient:
@@ -93,7 +65,7 @@ async def serve(db: Db) -> AsyncIterator[Serve]:
             "read_wait_max_s": 2.0,
             **overrides,
         }
-        server = QueryServer(QueryContext(**fields))
+        server = query_server(QueryContext(**fields))
         await server.start()
         servers.append(server)
         clients.append(httpx.AsyncClient(base_url=server.url, timeout=30))
