@@ -13,7 +13,7 @@ import asyncpg
 from pymongo import AsyncMongoClient
 from starlette.applications import Starlette
 
-from app import operations, problems
+from app import openapi, operations, problems
 from app.commands import idempotency
 from app.commands.relay import Relay
 from app.commands.routes import CommandContext
@@ -117,8 +117,10 @@ def create_app(settings: Settings) -> Starlette:
             *command_routes(),
             *query_routes(),
             *operations.routes(),
+            *openapi.routes(),
         ],
         lifespan=lifespan,
     )
+    app.state.openapi = openapi.encoded()
     problems.install(app)
     return app

@@ -1,8 +1,9 @@
 """The sides stay apart in code: commands, projector and queries never import each other.
 
 What they may share is the event contract and the plumbing below them (app.events,
-app.eventlog, app.broker, app.settings, app.problems); the composition root (app.main) is the
-only module that sees all three. Splitting them into separate deployables stays configuration.
+app.eventlog, app.broker, app.settings, app.problems); only the composition root (app.main),
+the CLI, `verify` and the API description (app.openapi) see more than one side.
+Splitting them into separate deployables stays configuration.
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ def test_shared_modules_import_no_side() -> None:
     offences = [
         f"{path.name} imports {name}"
         for path in sorted(APP.glob("*.py"))
-        if path.name not in {"main.py", "__main__.py", "verify.py"}
+        if path.name not in {"main.py", "__main__.py", "verify.py", "openapi.py"}
         for name in sorted(_imports(path))
         if name.startswith(sides)
     ]
