@@ -162,3 +162,29 @@ async def test_applying_any_prefix_twice_equals_once(
         assert await snapshot(mongo_db) == once, f"prefix of {k} events applied twice"
         await _apply_in_batches(mongo_db, events[: rng.randint(1, k)], rng)
         assert await snapshot(mongo_db) == once, f"a shorter prefix re-applied after {k}"
+
+
+async def test_batches_equal_one_event_at_a_time_even_after_a_partial_batch(
+    fresh_database_url: str, mongo_db: AsyncDatabase[Document]
+) -> None:
+    """Batches fold each document's writes into one (app.projector.coalescing); a batch that
+    finds documents already partly through it (a crash mid-batch, then redelivery) must still
+    end exactly where applying one event at a time ends."""
+    rng = random.Random(uuid.uuid4().int)
+    events = decoded(await make_history(fresh_database_url, rng))
+    await readmodel.ensure_indexes(mongo_db)
+    for event in events:
+        await readmodel.apply_events(mongo_db, [event])
+    reference = await snapshot(mongo_db)
+    for _ in range(3):
+        await readmodel.drop(mongo_db)
+        await readmodel.ensure_indexes(mongo_db)
+        start = rng.randrange(len(events))
+        end = rng.randint(start + 1, len(events))
+        crashed_at = rng.randint(start, end)
+        await _apply_in_batches(mongo_db, events[:start], rng)
+        for event in events[start:crashed_at]:  # part of the batch landed before the crash
+            await readmodel.apply_events(mongo_db, [event])
+        await readmodel.apply_events(mongo_db, events[start:end])
+        await _apply_in_batches(mongo_db, events[end:], rng)
+        assert await snapshot(mongo_db) == reference, (start, crashed_at, end)

@@ -1,0 +1,113 @@
+"""Folding a batch's writes to one document into one write: far fewer round trips to MongoDB.
+
+A batch touches many documents several times (a product's stock on every order, a customer's
+counters, an order placed and paid). `coalesce` merges consecutive writes to the same document
+into one update whose fence is the *first* write's fence, so the merged write applies exactly
+when the document is still before the batch. When the document had already moved past that
+fence (a redelivery after a crash), the merged write matches nothing: the caller notices the
+shortfall and falls back to the one-write-per-event path, whose fences sort it out.
+
+Pure: no I/O. Updates use only $set, $inc, $push, $max and $setOnInsert; a write that cannot
+be merged into its document's pending one (say, an $inc of a field set only on insert) starts a
+new write for that document, after the pending one.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from typing import Any
+
+from app.projector.documents import Write
+
+Update = dict[str, dict[str, Any]]
+
+
+def coalesce(writes: Sequence[Write]) -> list[Write]:
+    """Writes with the same effect as `writes` applied in order, when every document is still
+    before its first write's fence; fewer of them. Per document, order is kept."""
+    merged: list[Write] = []
+    pending: dict[tuple[str, Any], int] = {}  # (collection, _id) -> index in merged
+    for write in writes:
+        key = (write.collection, write.filter["_id"])
+        index = pending.get(key)
+        # An upsert never joins a write that would not insert: if the document were missing,
+        # the first write would do nothing and the second would create it.
+        if index is not None and (merged[index].upsert or not write.upsert):
+            combined = _merge(merged[index].update, write.update)
+            if combined is not None:
+                merged[index] = merged[index]._replace(
+                    update=combined, upsert=merged[index].upsert or write.upsert
+                )
+                continue
+        pending[key] = len(merged)
+        merged.append(write._replace(update=copy.deepcopy(write.update)))
+    return merged
+
+
+def _merge(first: Update, then: Update) -> Update | None:
+    """One update doing `first` then `then`, or None when that cannot be expressed."""
+    result = copy.deepcopy(first)
+    pushes = result.get("$push", {})
+    for name, value in pushes.items():
+        if not (isinstance(value, dict) and "$each" in value):
+            pushes[name] = {"$each": [value]}
+    sets = result.setdefault("$set", {})
+    for operator, fields in then.items():
+        for name, value in fields.items():
+            if not _fold(result, sets, operator, name, value):
+                return None
+    if not sets:
+        del result["$set"]
+    return result
+
+
+def _fold(result: Update, sets: dict[str, Any], operator: str, name: str, value: Any) -> bool:
+    inserted = result.get("$setOnInsert", {})
+    if operator == "$set":
+        for other in ("$inc", "$push", "$max", "$setOnInsert"):
+            result.get(other, {}).pop(name, None)
+        sets[name] = copy.deepcopy(value)
+    elif operator == "$inc":
+        if name in sets:
+            sets[name] += value
+        elif name in inserted:
+            if inserted[name] != 0:
+                return False
+            del inserted[name]  # $inc of a missing field starts from 0, as the insert would
+            result.setdefault("$inc", {})[name] = value
+        else:
+            incs = result.setdefault("$inc", {})
+            incs[name] = incs.get(name, 0) + value
+    elif operator == "$push":
+        if name in sets:
+            sets[name] = [*sets[name], copy.deepcopy(value)]
+        elif name in inserted:
+            return False
+        else:
+            result.setdefault("$push", {}).setdefault(name, {"$each": []})["$each"].append(
+                copy.deepcopy(value)
+            )
+    elif operator == "$max":
+        if name in sets:
+            sets[name] = max(sets[name], value)
+        elif name in inserted:
+            return False
+        else:
+            maxes = result.setdefault("$max", {})
+            maxes[name] = max(maxes[name], value) if name in maxes else value
+    elif operator == "$setOnInsert":
+        if name in sets:
+            pass  # the document exists after the first write: no insert, the $set stands
+        elif any(name in result.get(op, {}) for op in ("$inc", "$push", "$max")):
+            return False
+        else:
+            inserted.setdefault(name, value)
+            result["$setOnInsert"] = inserted
+    else:
+        return False
+    for empty in [
+        op for op in ("$inc", "$push", "$max", "$setOnInsert") if op in result and not result[op]
+    ]:
+        del result[empty]
+    return True
