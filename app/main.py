@@ -40,6 +40,12 @@ async def _purge_idempotency_keys(pool: asyncpg.Pool, ttl_s: int) -> None:
         await asyncio.sleep(min(ttl_s, 3600) / 4)
 
 
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """Pool release without asyncpg's reset query (unlock advisory locks, CLOSE ALL, UNLISTEN,
+    RESET ALL): pooled connections never take session state, and that query was one more round
+    trip per command. asyncpg still rolls back a transaction left open."""
+
+
 class Tasks:
     """The background tasks of one app: hard references, cancelled in reverse order."""
 
@@ -73,6 +79,7 @@ def create_app(settings: Settings) -> Starlette:
             settings.database_url,
             min_size=settings.db_pool_min,
             max_size=settings.db_pool_max,
+            reset=_keep_session,
         )
         assert pool is not None
         mongo: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
