@@ -1,0 +1,88 @@
+"""Read-model rebuild from the log, beside a raw bulk insert of the same final documents.
+
+The first `limit` events of the run's log (all of it when it is shorter) are copied, in
+position order, into a scratch PostgreSQL database, so the rebuild's length is bounded
+whatever the earlier scenarios wrote. `app.projector.readmodel.rebuild` then runs from
+position 0 of that log into a scratch Mongo database. The ceiling reads the rebuilt
+collections back and inserts them, with the same indexes in place, into a second scratch
+database with unordered `insert_many` batches. Both are expressed as events per second.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+from pymongo import AsyncMongoClient
+
+from app.projector import readmodel
+from app.projector.documents import COLLECTIONS
+
+_BATCH = 1000
+
+
+@dataclass(frozen=True)
+class RebuildFigures:
+    events: int
+    documents: int
+    rebuild_s: float
+    raw_s: float
+
+    @property
+    def rebuild_rate(self) -> float:
+        return self.events / self.rebuild_s
+
+    @property
+    def raw_rate(self) -> float:
+        return self.events / self.raw_s
+
+    @property
+    def ratio(self) -> float:
+        return self.raw_s / self.rebuild_s
+
+
+_COLUMNS = ("event_id", "stream_type", "stream_id", "stream_version", "type", "schema_version",
+            "data", "metadata", "occurred_at")  # fmt: skip
+
+
+async def copy_log(source_dsn: str, target_dsn: str, limit: int) -> None:
+    """The first `limit` events of the source log appended, in order, to the target log
+    (whose trigger draws positions 1, 2, ... again)."""
+    source, target = await asyncpg.connect(source_dsn), await asyncpg.connect(target_dsn)
+    try:
+        records = await source.fetch(
+            f"SELECT {', '.join(_COLUMNS)} FROM events ORDER BY position LIMIT $1", limit
+        )
+        await target.copy_records_to_table("events", records=records, columns=_COLUMNS)
+    finally:
+        await source.close()
+        await target.close()
+
+
+async def run(
+    dsn: str, mongo: AsyncMongoClient[dict[str, Any]], rebuilt_db: str, raw_db: str
+) -> RebuildFigures:
+    """Rebuild from the log at `dsn` into `rebuilt_db`, then the raw ceiling into `raw_db`."""
+    pool = await asyncpg.create_pool(dsn, min_size=1, max_size=2)
+    assert pool is not None
+    try:
+        async with pool.acquire() as conn:
+            events: int = await conn.fetchval("SELECT count(*) FROM events")
+        target = mongo[rebuilt_db]
+        started = time.perf_counter()
+        await readmodel.rebuild(pool, target)
+        rebuild_s = time.perf_counter() - started
+    finally:
+        await pool.close()
+    documents = {name: await target[name].find({}).to_list() for name in (*COLLECTIONS, "meta")}
+    raw = mongo[raw_db]
+    started = time.perf_counter()
+    await readmodel.ensure_indexes(raw)
+    for name, docs in documents.items():
+        for start in range(0, len(docs), _BATCH):
+            await raw[name].insert_many(docs[start : start + _BATCH], ordered=False)
+    raw_s = time.perf_counter() - started
+    total = sum(len(docs) for docs in documents.values())
+    return RebuildFigures(events=events, documents=total, rebuild_s=rebuild_s, raw_s=raw_s)

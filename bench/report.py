@@ -1,0 +1,114 @@
+"""The benchmark's one table, its JSON file and its final `ratios:` line."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+RESULTS = Path(__file__).resolve().parent / "results" / "latest.json"
+
+Row = tuple[str, str, str, str, str]
+
+
+def _verdict(ok: bool) -> str:
+    return "ok" if ok else "MISS"
+
+
+def rows(r: dict[str, Any]) -> list[Row]:
+    """(scenario, measured, ceiling, ratio, target) per line of the table."""
+    po, lag, relay, rb, go, mem, gen = (
+        r["place_order"], r["lag"], r["relay"], r["rebuild"], r["get_order"], r["memory"],
+        r["load_generator"],
+    )  # fmt: skip
+    bound = ">=" if lag["never_visible"] else ""
+    lines: list[Row] = [
+        (
+            "place order, HTTP, 32 conn",
+            f"{po['http_per_s']:.0f} orders/s",
+            f"{po['ceiling_per_s']:.0f} orders/s (handler, asyncpg)",
+            f"{po['ratio']:.2f}",
+            f">= 0.50 {_verdict(po['ratio'] >= 0.5)}",
+        ),
+        (
+            "  latency p50 / p99",
+            f"{po['http_p50_ms']:.1f} / {po['http_p99_ms']:.1f} ms",
+            f"{po['ceiling_p50_ms']:.1f} / {po['ceiling_p99_ms']:.1f} ms",
+            "",
+            "",
+        ),
+        (
+            f"commit-to-visible lag @ {lag['rate_per_s']:.0f}/s",
+            f"p50 {lag['p50_ms']:.1f}  p99 {bound}{lag['p99_ms']:.1f}"
+            f"  max {bound}{lag['max_ms']:.1f} ms",
+            f"{lag['orders']} orders, {lag['never_visible']} unseen {lag['tail_s']} s after",
+            "",
+            f"p99 <= 100 ms {_verdict(lag['p99_ms'] <= 100 and lag['never_visible'] == 0)}",
+        ),
+        (
+            "  place order latency there",
+            f"p50 {lag['http_p50_ms']:.1f}  p99 {lag['http_p99_ms']:.1f} ms",
+            f"achieved {lag['achieved_per_s']:.0f}/s",
+            "",
+            "",
+        ),
+        (
+            "relay drain",
+            f"{relay['relay_events_per_s']} events/s",
+            f"{relay['raw_publish_events_per_s']} events/s (raw aiormq)",
+            f"{relay['ratio']:.2f}",
+            f">= 0.80 {_verdict(relay['ratio'] >= 0.8)}",
+        ),
+        (
+            "read-model rebuild",
+            f"{rb['rebuild_events_per_s']:.0f} events/s",
+            f"{rb['raw_events_per_s']:.0f} events/s (insert_many)",
+            f"{rb['ratio']:.2f}",
+            f">= 0.70 {_verdict(rb['ratio'] >= 0.7)}",
+        ),
+        (
+            "GET /orders/{id}, 32 conn",
+            f"{go['app_per_s']:.0f} req/s, p99 {go['app_p99_ms']:.1f} ms",
+            f"{go['bare_per_s']:.0f} req/s, p99 {go['bare_p99_ms']:.1f} ms (bare)",
+            f"{go['ratio']:.2f}",
+            f">= 0.70 {_verdict(go['ratio'] >= 0.7)}",
+        ),
+        (
+            f"app memory, {mem['duration_s']:.0f} s @ {lag['rate_per_s']:.0f}/s",
+            f"peak {mem['peak_mib']:.0f} MiB",
+            f"RSS {mem['rss_from_mib']:.0f} -> {mem['rss_to_mib']:.0f} MiB"
+            f" ({mem['growth_mib']:+.1f}, {mem['growth_window']})",
+            "",
+            f"<= 250 MiB {_verdict(mem['peak_mib'] <= 250)}",
+        ),
+    ]
+    for name, figures in gen.items():
+        lines.append((
+            f"load generator CPU, {name}",
+            f"{figures['cpu_s_per_s']:.2f} s/s ({figures['cpu_s_per_s'] * 100:.0f}% of a core)",
+            "", "", "",
+        ))  # fmt: skip
+    return lines
+
+
+def table(r: dict[str, Any]) -> str:
+    header: Row = ("scenario", "measured", "ceiling (same run)", "ratio", "target")
+    body = rows(r)
+    widths = [max(len(row[i]) for row in [header, *body]) for i in range(5)]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
+             for row in [header, *body]]  # fmt: skip
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def ratios_line(r: dict[str, Any]) -> str:
+    return (
+        f"ratios: place_order={r['place_order']['ratio']:.2f} relay={r['relay']['ratio']:.2f}"
+        f" rebuild={r['rebuild']['ratio']:.2f} get_order={r['get_order']['ratio']:.2f}"
+        f" lag_p99_ms={round(r['lag']['p99_ms'])}"
+    )
+
+
+def write(r: dict[str, Any]) -> None:
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(r, indent=2) + "\n", encoding="utf-8")

@@ -1,0 +1,229 @@
+"""The write-side and read-side scenarios, each beside the ceiling it is compared with.
+
+- place order over HTTP (closed loop) vs the same handler run straight on an asyncpg pool;
+- commit-to-visible lag and the app's memory under an open-loop rate;
+- GET /orders/{id} on the app vs a bare Starlette endpoint doing the same find_one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import contextlib
+import random
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import asyncpg
+import msgspec
+from pymongo.asynchronous.database import AsyncDatabase
+
+from app.commands.orders import LineRequest, PlaceOrder, place_order
+from app.commands.outbox import EventMetadata
+from app.commands.products import CreateProduct, create_product
+from bench import http_load
+from bench.http_load import LoadResult
+from bench.stack import Process, memory_kib
+
+PRODUCTS = 1000
+CUSTOMERS = 2000
+CONNECTIONS = 32
+_STOCK = 10**11  # plenty: no order in a run is refused for stock
+
+
+class _Placed(msgspec.Struct):
+    order_id: str
+    position: int
+
+
+_decode_placed = msgspec.json.Decoder(_Placed).decode
+
+
+class Orders:
+    """Random orders over the seeded products: 1-3 distinct lines of 1-3 units each."""
+
+    def __init__(self, product_ids: list[uuid.UUID], seed: int = 7) -> None:
+        self.product_ids = product_ids
+        self._text_ids = [str(p) for p in product_ids]
+        self._rng = random.Random(seed)  # noqa: S311 - a load shape, not a secret
+
+    def _pick(self) -> tuple[str, list[tuple[int, int]]]:
+        rng = self._rng
+        picked = rng.sample(range(len(self.product_ids)), rng.randint(1, 3))
+        return f"cust-{rng.randrange(CUSTOMERS)}", [(i, rng.randint(1, 3)) for i in picked]
+
+    def command(self) -> PlaceOrder:
+        customer, lines = self._pick()
+        return PlaceOrder(
+            customer_id=customer,
+            lines=tuple(LineRequest(product_id=self.product_ids[i], quantity=q) for i, q in lines),
+        )
+
+    def request(self) -> bytes:
+        customer, lines = self._pick()
+        body = ",".join(f'{{"product_id":"{self._text_ids[i]}","quantity":{q}}}' for i, q in lines)
+        return http_load.post(
+            "/orders", f'{{"customer_id":"{customer}","lines":[{body}]}}'.encode()
+        )
+
+
+async def seed_products(pool: asyncpg.Pool, count: int = PRODUCTS) -> list[uuid.UUID]:
+    """`count` products with plenty of stock, created by the app's own handler (so the log
+    and the read model have them)."""
+    meta = EventMetadata(correlation_id="bench-seed")
+
+    async def one(i: int) -> uuid.UUID:
+        cmd = CreateProduct(
+            sku=f"BENCH-{i:05d}", name=f"Bench product {i}", price_cents=100 + i, stock=_STOCK
+        )
+        async with pool.acquire() as conn, conn.transaction():
+            return (await create_product(conn, cmd, meta)).product_id
+
+    ids: list[uuid.UUID] = []
+    for start in range(0, count, 50):
+        ids += await asyncio.gather(*(one(i) for i in range(start, min(start + 50, count))))
+    return ids
+
+
+@dataclass
+class PlacedOrders:
+    """Order ids and positions taken from 201 answers, with when each answer arrived."""
+
+    ids: list[str] = field(default_factory=list)
+    positions: list[int] = field(default_factory=list)
+    answered_at: list[float] = field(default_factory=list)
+
+    def on_response(self, status: int, body: bytes, at: float) -> None:
+        if status == 201:
+            placed = _decode_placed(body)
+            self.ids.append(placed.order_id)
+            self.positions.append(placed.position)
+            self.answered_at.append(at)
+
+
+async def place_orders_http(
+    port: int, orders: Orders, duration_s: float
+) -> tuple[LoadResult, PlacedOrders]:
+    placed = PlacedOrders()
+    result = await http_load.closed_loop(
+        "127.0.0.1", port, CONNECTIONS, duration_s, orders.request, placed.on_response
+    )
+    return result, placed
+
+
+async def place_orders_direct(dsn: str, orders: Orders, duration_s: float) -> LoadResult:
+    """The ceiling: the handler's transaction exactly as `_run_once` runs it for a POST
+    without Idempotency-Key, on a pool of CONNECTIONS, CONNECTIONS workers, no HTTP."""
+    pool = await asyncpg.create_pool(dsn, min_size=CONNECTIONS, max_size=CONNECTIONS)
+    assert pool is not None
+    result = LoadResult()
+    cpu0, started = time.process_time(), time.perf_counter()
+    deadline = started + duration_s
+
+    async def worker() -> None:
+        while (begun := time.perf_counter()) < deadline:
+            cmd = orders.command()
+            meta = EventMetadata(correlation_id=uuid.uuid4().hex)
+            async with pool.acquire() as conn, conn.transaction():
+                await place_order(conn, cmd, meta)
+            result.latencies.append(time.perf_counter() - begun)
+            result.statuses[201] += 1
+
+    try:
+        await asyncio.gather(*(worker() for _ in range(CONNECTIONS)))
+    finally:
+        result.wall_s = time.perf_counter() - started
+        result.cpu_s = time.process_time() - cpu0
+        await pool.close()
+    return result
+
+
+class PositionWatch:
+    """Polls the read model's applied position every `interval_s` and records when each new
+    value was first seen, so the moment any position became visible can be looked up."""
+
+    def __init__(self, db: AsyncDatabase[dict[str, Any]], interval_s: float = 0.003) -> None:
+        self._meta, self._interval = db["meta"], interval_s
+        self.seen_at: list[float] = []
+        self.positions: list[int] = []
+        self._changed = asyncio.Event()
+
+    async def run(self) -> None:
+        while True:
+            meta = await self._meta.find_one({"_id": "projection"}, {"position": 1})
+            position = int(meta["position"]) if meta else 0
+            if not self.positions or position > self.positions[-1]:
+                self.positions.append(position)
+                self.seen_at.append(time.perf_counter())
+                self._changed.set()
+            await asyncio.sleep(self._interval)
+
+    async def wait_visible(self, position: int, within_s: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(within_s):
+                while self.visible_at(position) is None:
+                    self._changed.clear()
+                    await self._changed.wait()
+
+    def visible_at(self, position: int) -> float | None:
+        index = bisect.bisect_left(self.positions, position)
+        return self.seen_at[index] if index < len(self.seen_at) else None
+
+
+@dataclass
+class SteadyRun:
+    load: LoadResult
+    lags_s: list[float]
+    never_visible: int
+    rss_mib: list[tuple[float, float]]  # (seconds since start, MiB)
+    peak_mib: float
+
+
+async def steady_rate(
+    port: int, app: Process, db: AsyncDatabase[dict[str, Any]], orders: Orders,
+    rate: float, duration_s: float, tail_s: float,
+) -> SteadyRun:  # fmt: skip
+    """Open-loop orders at `rate`: the lag from each 201 until the read model has applied its
+    position, and the app's RSS sampled every 0.5 s. An order still invisible `tail_s` after
+    the run counts with the lag it had by then (a lower bound) and in `never_visible`."""
+    watch, placed = PositionWatch(db), PlacedOrders()
+    rss: list[tuple[float, float]] = []
+    started = time.perf_counter()
+
+    async def sample_memory() -> None:
+        while app.popen.poll() is None:
+            rss.append((time.perf_counter() - started, memory_kib(app.pid)["VmRSS"] / 1024))
+            await asyncio.sleep(0.5)
+
+    watching = asyncio.create_task(watch.run())
+    sampling = asyncio.create_task(sample_memory())
+    try:
+        load = await http_load.open_loop(
+            "127.0.0.1", port, rate, duration_s, orders.request, placed.on_response
+        )
+        await watch.wait_visible(max(placed.positions, default=0), within_s=tail_s)
+        gave_up = time.perf_counter()
+    finally:
+        for task in (watching, sampling):
+            task.cancel()
+        await asyncio.gather(watching, sampling, return_exceptions=True)
+    lags: list[float] = []
+    never = 0
+    for position, answered in zip(placed.positions, placed.answered_at, strict=True):
+        visible = watch.visible_at(position)
+        never += visible is None
+        lags.append(max(0.0, (gave_up if visible is None else visible) - answered))
+    if app.popen.poll() is not None:
+        raise RuntimeError(f"the app exited during the run:\n{app.output()[-4000:]}")
+    peak = memory_kib(app.pid)["VmHWM"] / 1024
+    return SteadyRun(load, lags, never, rss, peak)
+
+
+async def get_orders(port: int, order_ids: list[str], duration_s: float) -> LoadResult:
+    rng = random.Random(11)  # noqa: S311 - a load shape, not a secret
+    requests = [http_load.get(f"/orders/{order_id}") for order_id in order_ids]
+    return await http_load.closed_loop(
+        "127.0.0.1", port, CONNECTIONS, duration_s, lambda: rng.choice(requests)
+    )

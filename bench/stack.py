@@ -1,0 +1,232 @@
+"""The stack a benchmark runs against, built fresh and removed afterwards.
+
+A migrated PostgreSQL database of its own, unique broker names, a Mongo database of its own
+(on MONGO_URL when set, else on a SecantusDB server started here), and `python -m app serve`
+subprocesses. Everything is registered on an AsyncExitStack as it is created, so a failure or
+Ctrl-C at any point removes exactly what exists.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import IO, Any
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+from pymongo import AsyncMongoClient
+
+from app import broker
+from app.migrate import migrate
+from app.settings import Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+async def wait_for_port(port: int, process: subprocess.Popen[bytes], within_s: float) -> None:
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{process.args!r} exited with {process.returncode}")
+        with contextlib.suppress(OSError):
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.close()
+            return
+        await asyncio.sleep(0.05)
+    raise RuntimeError(f"nothing listened on port {port} within {within_s} s")
+
+
+class Process:
+    """A child in its own session (Ctrl-C reaches only the bench, which stops it in order),
+    its output in a temporary file shown when it fails."""
+
+    def __init__(self, args: list[str], env: Mapping[str, str]) -> None:
+        self.log: IO[bytes] = tempfile.TemporaryFile()  # noqa: SIM115 - closed in stop()
+        self.popen = subprocess.Popen(  # noqa: S603 - our interpreter, fixed arguments
+            args, env=dict(env), cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def output(self) -> str:
+        self.log.seek(0)
+        return self.log.read().decode(errors="replace")
+
+    def stop(self) -> None:
+        if self.log.closed:
+            return
+        if self.popen.poll() is not None:  # it ended on its own: show why
+            print(f"{self.popen.args!r} exited with {self.popen.returncode}:", file=sys.stderr)
+            print(self.output()[-4000:], file=sys.stderr)
+        else:
+            self.popen.send_signal(signal.SIGTERM)
+            try:
+                self.popen.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait()
+        self.log.close()
+
+
+def memory_kib(pid: int) -> dict[str, int]:
+    """VmRSS and VmHWM (peak RSS) of `pid` in KiB, from /proc."""
+    values: dict[str, int] = {}
+    with open(f"/proc/{pid}/status", encoding="ascii") as status:
+        for line in status:
+            if line.startswith(("VmRSS:", "VmHWM:")):
+                key, value = line.split(":", 1)
+                values[key] = int(value.split()[0])
+    return values
+
+
+@dataclass
+class Stack:
+    """Settings of the benchmark's own databases and broker names, and the means to serve."""
+
+    settings: Settings
+    admin_dsn: str
+    exits: contextlib.AsyncExitStack
+
+    def mongo_client(self) -> AsyncMongoClient[dict[str, Any]]:
+        """A new client of the stack's Mongo server; the caller closes it."""
+        client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
+            self.settings.mongo_url, tz_aware=True
+        )
+        return client
+
+    def scratch_mongo_db(self, suffix: str) -> str:
+        """A further Mongo database name, dropped at the end with the stack."""
+        name = f"{self.settings.mongo_db}_{suffix}"
+        self.exits.push_async_callback(_drop_mongo, self.settings.mongo_url, name)
+        return name
+
+    async def scratch_database(self, suffix: str) -> str:
+        """A further migrated PostgreSQL database; its DSN. Dropped at the end."""
+        name = f"{urlsplit(self.settings.database_url).path.lstrip('/')}_{suffix}"
+        await _create_database(self.admin_dsn, name)
+        self.exits.push_async_callback(_drop_database, self.admin_dsn, name)
+        dsn = _dsn(self.admin_dsn, name)
+        await migrate(dsn)
+        return dsn
+
+    def app_env(self, port: int, **extra: str) -> dict[str, str]:
+        s = self.settings
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_", "MONGO_"))}
+        env.update({
+            "DATABASE_URL": s.database_url, "AMQP_URL": s.amqp_url, "MONGO_URL": s.mongo_url,
+            "MONGO_DB": s.mongo_db, "EXCHANGE": s.exchange, "PROJECTOR_QUEUE": s.projector_queue,
+            "PARKED_QUEUE": s.parked_queue, "RELAY_NAME": s.relay_name, "HOST": "127.0.0.1",
+            "PORT": str(port), "LOG_LEVEL": "warning", **extra,
+        })  # fmt: skip
+        return env
+
+    async def serve(self, module: str, *args: str, **extra: str) -> tuple[Process, int]:
+        """`python -m <module> <args>` with the stack's environment on a free port, once it
+        listens. Stopped by `stop_process` or at the end."""
+        port = free_port()
+        process = Process([sys.executable, "-m", module, *args], self.app_env(port, **extra))
+        self.exits.callback(process.stop)
+        try:
+            await wait_for_port(port, process.popen, within_s=60)
+        except RuntimeError:
+            print(process.output()[-4000:], file=sys.stderr)
+            raise
+        return process, port
+
+
+async def _drop_mongo(url: str, name: str) -> None:
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(url, serverSelectionTimeoutMS=5000)
+    try:
+        await client.drop_database(name)
+    finally:
+        await client.close()
+
+
+def _dsn(admin_dsn: str, database: str) -> str:
+    return urlunsplit(urlsplit(admin_dsn)._replace(path=f"/{database}"))
+
+
+async def _create_database(admin_dsn: str, name: str) -> None:
+    conn = await asyncpg.connect(admin_dsn)
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+
+
+async def _drop_database(admin_dsn: str, name: str) -> None:
+    conn = await asyncpg.connect(admin_dsn)
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await conn.close()
+
+
+async def _delete_topology(settings: Settings) -> None:
+    connection = await broker.connect(settings)
+    try:
+        await broker.delete_topology(await connection.channel(), settings)
+    finally:
+        await connection.close()
+
+
+async def _secantus(exits: contextlib.AsyncExitStack) -> str:
+    storage = tempfile.mkdtemp(prefix="secantus-bench-")
+    exits.callback(shutil.rmtree, storage, ignore_errors=True)
+    port = free_port()
+    process = Process(
+        [sys.executable, "-m", "secantus", "--port", str(port), "--storage-path", storage],
+        os.environ,
+    )
+    exits.callback(process.stop)
+    await wait_for_port(port, process.popen, within_s=30)
+    return f"mongodb://127.0.0.1:{port}"
+
+
+@contextlib.asynccontextmanager
+async def stack() -> AsyncIterator[Stack]:
+    """A fresh stack for one benchmark run; everything it made is gone when it exits."""
+    base = Settings.from_env()
+    tag = uuid.uuid4().hex[:10]
+    database = f"shop_bench_{tag}"
+    async with contextlib.AsyncExitStack() as exits:
+        mongo_url = os.environ.get("MONGO_URL") or await _secantus(exits)
+        settings = replace(
+            base,
+            database_url=_dsn(base.database_url, database),
+            mongo_url=mongo_url,
+            mongo_db=f"shop_bench_{tag}",
+            exchange=f"bench.{tag}.events",
+            projector_queue=f"bench.{tag}.projector",
+            parked_queue=f"bench.{tag}.projector.parked",
+            relay_name=f"bench-{tag}",
+        )
+        await _create_database(base.database_url, database)
+        exits.push_async_callback(_drop_database, base.database_url, database)
+        await migrate(settings.database_url)
+        # popped in reverse: the topology and Mongo go after the app processes have stopped
+        exits.push_async_callback(_delete_topology, settings)
+        exits.push_async_callback(_drop_mongo, mongo_url, settings.mongo_db)
+        yield Stack(settings=settings, admin_dsn=base.database_url, exits=exits)
