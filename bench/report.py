@@ -15,6 +15,23 @@ def _verdict(ok: bool) -> str:
     return "ok" if ok else "MISS"
 
 
+def _sustainable_rows(lag: dict[str, Any] | None) -> list[Row]:
+    if lag is None:
+        return []
+    bound = ">=" if lag["never_visible"] else ""
+    drained = lag["projector_drain_events_per_s"]
+    return [
+        (
+            f"  same @ {lag['rate_per_s']:.0f}/s (read store's pace)",
+            f"p50 {lag['p50_ms']:.1f}  p99 {bound}{lag['p99_ms']:.1f}"
+            f"  max {bound}{lag['max_ms']:.1f} ms",
+            f"projector drained {drained} events/s; {lag['events_per_order']} events/order",
+            "",
+            f"p99 <= 100 ms {_verdict(lag['p99_ms'] <= 100 and lag['never_visible'] == 0)}",
+        )
+    ]
+
+
 def rows(r: dict[str, Any]) -> list[Row]:
     """(scenario, measured, ceiling, ratio, target) per line of the table."""
     po, lag, relay, rb, go, mem, gen = (
@@ -52,6 +69,7 @@ def rows(r: dict[str, Any]) -> list[Row]:
             "",
             "",
         ),
+        *_sustainable_rows(r.get("lag_sustainable")),
         (
             "relay drain",
             f"{relay['relay_events_per_s']} events/s",
