@@ -21,6 +21,7 @@ import aiormq
 import aiormq.abc
 import aiormq.exceptions
 
+from app.backoff import Backoff
 from app.broker import connect, declare_topology
 from app.commands.gaps import GapProof, GapTracker
 from app.commands.relay_publisher import ConfirmWindow, PublishFailed
@@ -42,23 +43,6 @@ _BROKER_ERRORS = (
     aiormq.exceptions.ChannelInvalidStateError,
     PublishFailed,
 )
-
-
-class Backoff:
-    """Exponential delays, capped, with jitter so that replicas do not retry in step."""
-
-    def __init__(self, base_s: float = 0.1, cap_s: float = 10.0) -> None:
-        self._base = base_s
-        self._cap = cap_s
-        self._attempt = 0
-
-    def next_delay(self) -> float:
-        ceiling = min(self._cap, self._base * 2.0**self._attempt)
-        self._attempt = min(self._attempt + 1, 32)
-        return ceiling / 2 + random.uniform(0, ceiling / 2)  # noqa: S311 - jitter, not crypto
-
-    def reset(self) -> None:
-        self._attempt = 0
 
 
 class Relay:

@@ -15,6 +15,7 @@ from pamqp import commands as spec
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import PyMongoError
 
+from app.backoff import Backoff
 from app.broker import connect, declare_topology
 from app.eventlog import fetch_range, settled_position
 from app.events import EVENT_TYPES
@@ -37,21 +38,6 @@ _DISCONNECTED: Final = (aiormq.AMQPError, aiormq.ChannelInvalidStateError, Conne
 
 class ConnectionLost(ConnectionError):
     """The AMQP channel closed while the projector was consuming."""
-
-
-class Backoff:
-    """Capped exponential delays: initial, 2x initial, … up to `maximum`."""
-
-    def __init__(self, initial: float, maximum: float) -> None:
-        self._initial, self._maximum = initial, maximum
-        self._next = initial
-
-    def next(self) -> float:
-        delay, self._next = self._next, min(self._next * 2, self._maximum)
-        return delay
-
-    def reset(self) -> None:
-        self._next = self._initial
 
 
 class Projector:
@@ -100,7 +86,7 @@ class Projector:
             except _DISCONNECTED as exc:
                 log.warning("projector lost the broker, reconnecting: %r", exc)
             self.reconnects += 1
-            await asyncio.sleep(backoff.next())
+            await asyncio.sleep(backoff.next_delay())
 
     async def _start(self) -> int:
         await readmodel.ensure_indexes(self._db)
@@ -254,7 +240,7 @@ class Projector:
                 self.retries += 1
                 self._reload = True
                 log.warning("projector storage failure, retrying: %r", exc)
-            await asyncio.sleep(backoff.next())
+            await asyncio.sleep(backoff.next_delay())
 
 
 def _decode(batch: list[Message]) -> tuple[list[Decoded], list[Parked]]:

@@ -7,7 +7,6 @@ from dataclasses import dataclass
 import pytest
 
 from app.commands.gaps import GapProof, GapTracker, plan_batch
-from app.commands.relay import Backoff
 from app.commands.relay_store import lock_key
 
 
@@ -107,16 +106,6 @@ def test_without_a_proof_nothing_is_awaited_and_settle_is_a_no_op() -> None:
     assert tracker.xids_to_await() is None
     tracker.settle()
     assert tracker.dead_through == 0
-
-
-def test_backoff_grows_stays_capped_and_resets() -> None:
-    backoff = Backoff(base_s=0.1, cap_s=2.0)
-    delays = [backoff.next_delay() for _ in range(12)]
-    assert 0.05 <= delays[0] <= 0.1
-    assert all(d <= 2.0 for d in delays)
-    assert delays[-1] >= 1.0
-    backoff.reset()
-    assert backoff.next_delay() <= 0.1
 
 
 @pytest.mark.parametrize("name", ["main", "test-abc", ""])
