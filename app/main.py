@@ -11,6 +11,7 @@ from typing import Any
 
 import asyncpg
 from pymongo import AsyncMongoClient
+from pymongo.asynchronous.database import AsyncDatabase
 from starlette.applications import Starlette
 
 from app import openapi, operations, problems
@@ -69,6 +70,30 @@ def _report_end(task: asyncio.Task[None]) -> None:
         log.error("background task %s ended", task.get_name(), exc_info=task.exception())
 
 
+def _start_pipeline(
+    settings: Settings,
+    pool: asyncpg.Pool,
+    db: AsyncDatabase[dict[str, Any]],
+    commit_signal: asyncio.Event,
+    tasks: Tasks,
+) -> tuple[Relay | None, Projector | None, Waiter]:
+    """Start the relay and the projector this replica runs, and pick how reads wait for
+    `after`: in-process when the projector runs here (with the `meta` document as a fallback
+    while another replica's projector is the active one), else by polling `meta`."""
+    relay = projector = None
+    remote = MongoPositionWaiter(db, settings.read_poll_interval_s)
+    waiter: Waiter = remote
+    if settings.relay_enabled:
+        relay = Relay(settings, commit_signal)
+        tasks.start("relay", relay.run())
+    if settings.projector_enabled:
+        applied = AppliedPosition()
+        projector = Projector(settings, pool, db, applied)
+        waiter = LocalFirstWaiter(applied, remote, grace_s=settings.read_poll_interval_s)
+        tasks.start("projector", projector.run())
+    return relay, projector, waiter
+
+
 def create_app(settings: Settings) -> Starlette:
     """The whole service as an ASGI app. Migrations are not run here (`python -m app` runs
     them before serving), so tests and extra replicas build the app the same way."""
@@ -88,17 +113,7 @@ def create_app(settings: Settings) -> Starlette:
         db = mongo[settings.mongo_db]
         commit_signal = asyncio.Event()
         tasks = Tasks()
-        relay = projector = None
-        remote = MongoPositionWaiter(db, settings.read_poll_interval_s)
-        waiter: Waiter = remote
-        if settings.relay_enabled:
-            relay = Relay(settings, commit_signal)
-            tasks.start("relay", relay.run())
-        if settings.projector_enabled:
-            applied = AppliedPosition()
-            projector = Projector(settings, pool, db, applied)
-            waiter = LocalFirstWaiter(applied, remote, grace_s=settings.read_poll_interval_s)
-            tasks.start("projector", projector.run())
+        relay, projector, waiter = _start_pipeline(settings, pool, db, commit_signal, tasks)
         tasks.start("purge-keys", _purge_idempotency_keys(pool, settings.idempotency_ttl_s))
         app.state.commands = CommandContext(
             pool=pool,
