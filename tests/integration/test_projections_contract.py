@@ -188,3 +188,21 @@ async def test_batches_equal_one_event_at_a_time_even_after_a_partial_batch(
         await readmodel.apply_events(mongo_db, events[start:end])
         await _apply_in_batches(mongo_db, events[end:], rng)
         assert await snapshot(mongo_db) == reference, (start, crashed_at, end)
+
+
+async def test_a_rebuild_in_chunks_equals_the_projector(
+    fresh_database_url: str, mongo_db: AsyncDatabase[Document]
+) -> None:
+    """The rebuild folds chunks of the log in memory (app.projector.folding): it must store
+    exactly what the projector's fenced writes produce, also when documents span chunks."""
+    rng = random.Random(uuid.uuid4().int)
+    events = decoded(await make_history(fresh_database_url, rng))
+    await readmodel.ensure_indexes(mongo_db)
+    await _apply_in_batches(mongo_db, events, rng)
+    projected = await snapshot(mongo_db)
+    pool = await asyncpg.create_pool(fresh_database_url, min_size=1, max_size=2)
+    assert pool is not None
+    async with pool:
+        for chunk in (7, 10_000):
+            assert await readmodel.rebuild(pool, mongo_db, batch_size=chunk) == events[-1].position
+            assert await snapshot(mongo_db) == projected, f"rebuilt in chunks of {chunk}"

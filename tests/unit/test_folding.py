@@ -1,0 +1,35 @@
+"""The projector's writes applied in memory follow MongoDB's rules."""
+
+from __future__ import annotations
+
+from app.projector.documents import Write
+from app.projector.folding import apply_write
+
+
+def _w(update: dict, fence: int, upsert: bool = False) -> Write:  # type: ignore[type-arg]
+    return Write("products", {"_id": "p", "version": {"$lt": fence}}, update, upsert)
+
+
+def test_an_upsert_creates_and_set_on_insert_applies_only_then() -> None:
+    created = apply_write(None, _w({"$set": {"version": 1}, "$setOnInsert": {"n": 0}}, 1, True))
+    assert created == {"_id": "p", "version": 1, "n": 0}
+    again = apply_write(created, _w({"$set": {"version": 2}, "$setOnInsert": {"n": 9}}, 2, True))
+    assert again == {"_id": "p", "version": 2, "n": 0}
+
+
+def test_a_plain_update_of_a_missing_document_does_nothing() -> None:
+    assert apply_write(None, _w({"$set": {"version": 1}}, 1)) is None
+
+
+def test_the_fence_skips_what_is_already_applied() -> None:
+    document = {"_id": "p", "version": 3, "sold": 5}
+    assert apply_write(document, _w({"$inc": {"sold": 1}, "$set": {"version": 3}}, 3)) is document
+
+
+def test_operators() -> None:
+    document = {"_id": "p", "version": 1, "sold": 5, "h": ["a"], "last": None}
+    update = {"$set": {"version": 2}, "$inc": {"sold": 2, "new": 1},
+              "$push": {"h": {"$each": ["b", "c"]}}, "$max": {"last": 4}}  # fmt: skip
+    assert apply_write(document, _w(update, 2)) == {
+        "_id": "p", "version": 2, "sold": 7, "new": 1, "h": ["a", "b", "c"], "last": 4}  # fmt: skip
+    assert document["h"] == ["a"]
