@@ -72,7 +72,7 @@ class AppProcess:
             while time.monotonic() < deadline:
                 assert self.process.poll() is None, "the app exited during start"
                 try:
-                    if (await http.get("/health/live")).status_code == 200:
+                    if (await http.get("/health/ready")).status_code == 200:
                         return
                 except httpx.TransportError:
                     pass
