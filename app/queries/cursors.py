@@ -6,7 +6,7 @@ import base64
 import binascii
 import hashlib
 import hmac
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Final, TypeVar
 
 import msgspec
@@ -66,9 +66,20 @@ def decode_cursor(text: str, kind: type[C]) -> C:
         raise _invalid("it does not hold a position") from None
     if not isinstance(cursor, kind):
         raise _invalid("it belongs to another list")
-    if isinstance(cursor, OrderCursor) and cursor.placed_at.tzinfo is None:
+    if isinstance(cursor, OrderCursor) and not _storable(cursor.placed_at):
         raise _invalid("it does not hold a position")
     return cursor
+
+
+def _storable(moment: datetime) -> bool:
+    """Aware, and within what a BSON date holds once in UTC (a forged cursor may not be)."""
+    if moment.tzinfo is None:
+        return False
+    try:
+        moment.astimezone(UTC)
+    except OverflowError:
+        return False
+    return True
 
 
 def _unpack(text: str) -> bytes:

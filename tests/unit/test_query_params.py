@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, timezone
 from urllib.parse import urlencode
 
 import pytest
@@ -206,3 +206,16 @@ async def test_waiting_past_the_bound_is_503_with_retry_after_and_the_position()
         await wait_until_applied(stepping, 8, 0.05)
     assert caught.value.headers == {"Retry-After": "1", "X-Read-Position": "7"}
     assert caught.value.extra == {"after": 8, "position": 7}
+
+
+@pytest.mark.parametrize("offset_h", [1, -14])
+def test_a_re_signed_cursor_outside_bson_dates_is_refused(offset_h: int) -> None:
+    # the check key is no secret: a client can sign any cursor, so its values are checked too
+    edge = datetime(1, 1, 1) if offset_h > 0 else datetime(9999, 12, 31, 23, 59, 59)
+    forged = encode_cursor(
+        OrderCursor(
+            placed_at=edge.replace(tzinfo=timezone(timedelta(hours=offset_h))), order_id="x"
+        )
+    )
+    with pytest.raises(InvalidCursor):
+        decode_cursor(forged, OrderCursor)
