@@ -19,6 +19,7 @@ from app import broker
 from app.settings import Settings
 
 _PROBE_TIMEOUT_S = 2.0
+_POSTGRES_DOWN = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)  # timeouts are OSErrors
 
 
 class RelayStatus(Protocol):
@@ -81,7 +82,7 @@ async def _log_head(pool: asyncpg.Pool) -> int:
 async def _check_postgres(context: OperationsContext) -> str | None:
     try:
         await _log_head(context.pool)
-    except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+    except _POSTGRES_DOWN as exc:
         return f"unreachable: {exc!r}"
     return None
 
@@ -117,9 +118,13 @@ async def ready(request: Request) -> Response:
     )
     checks: dict[str, str | None] = {"postgres": postgres, "rabbitmq": rabbitmq, "mongo": mongo}
     if postgres is None:
-        lag = await _log_head(context.pool) - context.waiter.current
-        if lag > context.settings.ready_max_lag:
-            checks["lag"] = f"the read model is {lag} events behind"
+        try:
+            lag = await _log_head(context.pool) - context.waiter.current
+        except _POSTGRES_DOWN as exc:
+            checks["postgres"] = f"unreachable: {exc!r}"
+        else:
+            if lag > context.settings.ready_max_lag:
+                checks["lag"] = f"the read model is {lag} events behind"
     failing = {part: reason for part, reason in checks.items() if reason is not None}
     body: dict[str, Any] = {
         "status": "unavailable" if failing else "ready",
@@ -146,7 +151,7 @@ async def metrics(request: Request) -> Response:
             "Events committed but not yet applied to the read model.",
             max(0, head - context.waiter.current),
         )
-    except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError):
+    except _POSTGRES_DOWN:
         _metric(lines, "shop_postgres_up", "gauge", "PostgreSQL answered.", 0)
     _metric(
         lines,
