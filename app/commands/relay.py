@@ -199,14 +199,16 @@ class Relay:
     async def _idle(self, connection: aiormq.abc.AbstractConnection) -> None:
         """Wait for a local commit, the poll interval, or the broker connection closing."""
         waiter = asyncio.ensure_future(self._wakeup.wait())
+        closing = connection.closing  # a new observer each time: cancel it, or it piles up
         try:
             await asyncio.wait(
-                [waiter, connection.closing],
+                [waiter, closing],
                 timeout=self._settings.relay_poll_interval_s,
                 return_when=asyncio.FIRST_COMPLETED,
             )
         finally:
             waiter.cancel()
+            closing.cancel()
         if connection.is_closed:
             raise PublishFailed("the broker connection closed")
 
