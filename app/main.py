@@ -61,8 +61,9 @@ class Tasks:
     async def stop(self) -> None:
         for task in reversed(self._tasks):
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        # one task that already died (its error was logged by _report_end) must not keep the
+        # others from being awaited
+        await asyncio.gather(*reversed(self._tasks), return_exceptions=True)
 
 
 def _report_end(task: asyncio.Task[None]) -> None:
