@@ -31,9 +31,18 @@ Message = aiormq.abc.DeliveredMessage
 Parked = tuple[Message, str]
 
 # Mongo or PostgreSQL unavailable or slow: the batch is retried, its messages stay unacked.
-_TRANSIENT: Final = (PyMongoError, asyncpg.PostgresError, asyncpg.InterfaceError, OSError)
+_TRANSIENT: Final = (
+    PyMongoError,
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    OSError,
+    readmodel.ReadModelLost,
+)
 # The AMQP channel or connection is gone: reconnect; the broker redelivers what was unacked.
 _DISCONNECTED: Final = (aiormq.AMQPError, aiormq.ChannelInvalidStateError, ConnectionError)
+
+
+_GAP_CHUNK: Final = 5000  # positions read from the log and applied at a time
 
 
 class ConnectionLost(ConnectionError):
@@ -85,6 +94,10 @@ class Projector:
                 await self._consume(backoff)
             except _DISCONNECTED as exc:
                 log.warning("projector lost the broker, reconnecting: %r", exc)
+            except Exception:
+                # A bug or a surprise from a library must not stop the read model for good:
+                # the messages stay unacked and come back after the reconnect.
+                log.exception("projector failed unexpectedly, reconnecting")
             self.reconnects += 1
             await asyncio.sleep(backoff.next_delay())
 
@@ -145,65 +158,84 @@ class Projector:
         if self._reload:
             await self._reload_position()
         assert self._position is not None
+        steps = plan(self._position, deliveries)
         ready: list[Decoded] = []
-        filled = 0
-        for step in plan(self._position, deliveries):
+        for step in steps:
             if isinstance(step, Gap):
-                events = await self._read_gap(step)
-                filled += len(events)
-                ready += events
+                await self._store(ready)  # what precedes the gap goes first
+                ready = []
+                await self._fill(step)
             else:
                 ready.append(step)
-        await readmodel.apply_events(self._db, ready)
-        self._count(ready, filled, len(deliveries))
-        if ready:
-            self._position = ready[-1].position
+        await self._store(ready)
+        self.duplicates += len(deliveries) - sum(not isinstance(s, Gap) for s in steps)
+
+    async def _store(self, events: list[Decoded]) -> None:
+        """Apply `events` (in order, after the applied position) and move past them. Raises
+        ReadModelLost when the store no longer holds what this projector applied."""
+        if not events:
+            return
+        await readmodel.apply_events(self._db, events, expected=self._position)
+        self._position = events[-1].position
+        for event in events:
+            if event.data is None and event.envelope.type in EVENT_TYPES:
+                self.invalid_events += 1
+                log.error("projector skipped log event %d: data does not decode", event.position)
+            elif event.data is None:
+                self.unknown_events += 1
+
+    async def _fill(self, gap: Gap) -> None:
+        """Read the positions of `gap` from the log and apply them, a bounded chunk at a time
+        (a read model dropped and refilled from position 0 is one big gap)."""
+        log.info("projector repairs positions %d..%d from the log", gap.after + 1, gap.through)
+        after = gap.after
+        while after < gap.through:
+            through = min(after + _GAP_CHUNK, gap.through)
+            async with self._pool.acquire() as conn:
+                events = repaired(Gap(after, through), await fetch_range(conn, after, through))
+            await self._store(events)
+            self.repaired += len(events)
+            after = through
 
     async def _repair_stall(self) -> None:
         """Idle: a lost delivery is normally revealed by the next one's `prev_position`, but
         the last ones of a burst have no successor. So when the stored position stood still
-        for a whole idle period below the relay's checkpoint (everything up to it is published
-        or proven dead), read the missing events from the log."""
+        for two idle checks in a row below the relay's checkpoint (everything up to it is
+        published or proven dead), read the missing events from the log."""
         stored = await readmodel.load_position(self._db)
         stalled, self._idle_position = stored == self._idle_position, stored
         if self._position is None or stored > self._position:
             self._position = stored  # another replica's projector applied them
-            self.applied.advance(stored)
+        elif stored < self._position:
+            await self._reset_to(stored)
         if not stalled:
             return
         async with self._pool.acquire() as conn:
             settled = await settled_position(conn, self._settings.relay_name)
-            if settled <= stored:
-                return
-            events = repaired(Gap(stored, settled), await fetch_range(conn, stored, settled))
-        if events:
-            await readmodel.apply_events(self._db, events)
-            self._count(events, len(events), 0)
-            self._position = events[-1].position
-            self.applied.advance(self._position)
+        if settled > stored:
+            await self._fill(Gap(stored, settled))
+        self.applied.advance(self._position)
 
     async def _reload_position(self) -> None:
         """After a storage failure trust the store, not memory: a store that crashed may have
         lost acknowledged writes; `meta` is written last, so it never claims a lost one."""
         stored = await readmodel.load_position(self._db)
         if self._position is not None and stored < self._position:
-            log.warning("read model lost writes: re-applying from position %d", stored)
+            await self._reset_to(stored)
         self._position, self._reload = stored, False
 
-    async def _read_gap(self, gap: Gap) -> list[Decoded]:
-        log.info("projector repairs positions %d..%d from the log", gap.after + 1, gap.through)
-        async with self._pool.acquire() as conn:
-            return repaired(gap, await fetch_range(conn, gap.after, gap.through))
-
-    def _count(self, ready: list[Decoded], filled: int, delivered: int) -> None:
-        self.repaired += filled
-        self.duplicates += delivered - (len(ready) - filled)
-        for event in ready:
-            if event.data is None and event.envelope.type in EVENT_TYPES:
-                self.invalid_events += 1
-                log.error("projector skipped log event %d: data does not decode", event.position)
-            elif event.data is None:
-                self.unknown_events += 1
+    async def _reset_to(self, stored: int) -> None:
+        """The store went back to `stored`. Documents of a store that lost writes still
+        reflect a prefix of their events, so re-applying from `stored` is exact. A store with
+        no position at all was dropped: whatever a batch wrote since is not a prefix (a
+        customer created from its latest order only), so start from empty."""
+        if stored == 0:
+            log.warning("the read model was dropped: refilling it from the log")
+            await readmodel.drop(self._db)
+            await readmodel.ensure_indexes(self._db)
+        else:
+            log.warning("the read model lost writes: re-applying from position %d", stored)
+        self._position = stored
 
     async def _park(
         self, channel: aiormq.abc.AbstractChannel, message: Message, reason: str

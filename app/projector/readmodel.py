@@ -42,10 +42,19 @@ async def load_position(db: AsyncDatabase[Document]) -> int:
     return int(meta["position"]) if meta else 0
 
 
-async def apply_events(db: AsyncDatabase[Document], events: Sequence[Decoded]) -> None:
+class ReadModelLost(RuntimeError):
+    """`meta` is missing or behind what the writer applied: the read model was dropped or the
+    store lost writes. Reload the position from `meta` and re-apply from there."""
+
+
+async def apply_events(
+    db: AsyncDatabase[Document], events: Sequence[Decoded], expected: int | None = None
+) -> None:
     """Write `events` (in position order) to the documents, then store the position of the
     last one as applied. Idempotent: re-applying any prefix of the log changes nothing.
-    Raises PyMongoError (connection, timeout) with some writes possibly done: retry it."""
+    With `expected` (the position the caller applied before), raises ReadModelLost when `meta`
+    no longer holds at least that. Raises PyMongoError (connection, timeout) with some writes
+    possibly done: retry it."""
     if not events:
         return
     writes = [w for e in events if e.data is not None for w in project(e.envelope, e.data)]
@@ -54,9 +63,13 @@ async def apply_events(db: AsyncDatabase[Document], events: Sequence[Decoded]) -
     await asyncio.gather(
         *(_write_collection(db[name], batch) for name, batch in by_collection.items() if batch)
     )
-    await db[META].update_one(
-        {"_id": META_ID}, {"$max": {"position": events[-1].position}}, upsert=True
-    )
+    advance = {"$max": {"position": events[-1].position}}
+    if not expected:
+        await db[META].update_one({"_id": META_ID}, advance, upsert=True)
+        return
+    moved = await db[META].update_one({"_id": META_ID, "position": {"$gte": expected}}, advance)
+    if moved.matched_count == 0:
+        raise ReadModelLost(f"the read model no longer holds position {expected}")
 
 
 async def _write_collection(collection: AsyncCollection[Document], writes: list[Write]) -> None:

@@ -220,6 +220,40 @@ async def test_lost_last_deliveries_are_read_from_the_log_once_idle(
     await assert_exact(env)
 
 
+@pytest.mark.parametrize("idle", [False, True])
+async def test_a_dropped_read_model_is_refilled_from_the_log(
+    env: Settings,
+    log: list[LoggedEvent],
+    channel: aiormq.abc.AbstractChannel,
+    projectors: Projectors,
+    pg: asyncpg.Pool,
+    idle: bool,
+) -> None:
+    """MongoDB is a cache: dropping its database while the projector runs (busy, or idle with
+    the relay's checkpoint at the end of the log) ends with the exact read model again."""
+    all_envelopes = envelopes(log)
+    half = len(all_envelopes) // 2
+    projector = await projectors.start(settings=replace(env, projector_idle_check_s=0.1))
+    for envelope in all_envelopes[:half]:
+        await publish(channel, env, envelope)
+    assert await projector.applied.wait_for(all_envelopes[half - 1].position, timeout=30)
+    cleaner: AsyncMongoClient[Document] = AsyncMongoClient(env.mongo_url)
+    await cleaner.drop_database(env.mongo_db)
+    await cleaner.close()
+    if idle:
+        await pg.execute(
+            "INSERT INTO relay_checkpoints (name, position) VALUES ($1, $2)",
+            env.relay_name,
+            log[-1].position,
+        )
+    else:
+        for envelope in all_envelopes[half:]:
+            await publish(channel, env, envelope)
+    report = await verify(env, wait_s=30)
+    assert report.differences == []
+    assert report.ok
+
+
 async def test_undecodable_messages_are_parked_and_the_projector_continues(
     env: Settings,
     log: list[LoggedEvent],
