@@ -26,6 +26,7 @@ class RelayStatus(Protocol):
     is_leader: bool
     connected: bool
     published_position: int
+    waiting_on_gap: int | None
 
 
 class ProjectorStatus(Protocol):
@@ -182,6 +183,13 @@ async def metrics(request: Request) -> Response:
             "gauge",
             "Highest position confirmed by the broker.",
             relay.published_position,
+        )
+        _metric(
+            lines,
+            "shop_relay_waiting_on_gap",
+            "gauge",
+            "Missing position the relay waits on (0: none): a transaction still open drew it.",
+            relay.waiting_on_gap or 0,
         )
     if context.projector is not None:
         projector = context.projector
