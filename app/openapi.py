@@ -13,7 +13,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from app.commands.orders import OrderResult, PlaceOrder
+from app.commands.order_rules import OrderResult, PlaceOrder
 from app.commands.products import CreateProduct, ProductResult, RestockProduct, RestockResult
 from app.queries.documents import CustomerBody, OrderBody, PageBody, ProductBody
 

@@ -20,7 +20,8 @@ import asyncpg
 import msgspec
 from pymongo.asynchronous.database import AsyncDatabase
 
-from app.commands.orders import LineRequest, PlaceOrder, place_order
+from app.commands.order_rules import LineRequest, PlaceOrder
+from app.commands.orders import place_order
 from app.commands.outbox import EventMetadata
 from app.commands.products import CreateProduct, create_product
 from bench import http_load

@@ -2,178 +2,33 @@
 
 Locking: an order's product rows are always locked in product-id order (one fixed order, so
 two multi-line orders never deadlock), and every stream's row lock is taken before its events
-draw positions, so one stream's events are logged in version order.
+draw positions, so one stream's events are logged in version order. The decisions themselves
+are in app/commands/order_rules.py.
 """
 
 from __future__ import annotations
 
 import uuid
-from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Annotated, Any, Final, Literal
+from typing import Any
 
 import asyncpg
-import msgspec
 
-from app.commands.errors import (
-    DuplicateLines,
-    InsufficientStock,
-    InvalidTransition,
-    OrderNotFound,
-    UnknownProducts,
-    VersionMismatch,
+from app.commands.errors import OrderNotFound
+from app.commands.order_rules import (
+    Action,
+    OrderResult,
+    OrderRow,
+    PlaceOrder,
+    ProductRow,
+    check_version,
+    decide_place_order,
+    decide_transition,
+    status_after,
 )
 from app.commands.outbox import EventMetadata, append_events
-from app.events import (
-    EventData,
-    NewEvent,
-    OrderCancelled,
-    OrderLine,
-    OrderPaid,
-    OrderPlaced,
-    OrderShipped,
-    OrderStatus,
-    StockReleased,
-    StockReserved,
-)
-
-MAX_LINES: Final = 50
-MAX_QUANTITY: Final = 100_000
-
-CustomerIdText = Annotated[
-    str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:@\-]*$")
-]
-Action = Literal["pay", "ship", "cancel"]
-
-
-class LineRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    product_id: uuid.UUID
-    quantity: Annotated[int, msgspec.Meta(ge=1, le=MAX_QUANTITY)]
-
-
-class PlaceOrder(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    customer_id: CustomerIdText
-    lines: Annotated[tuple[LineRequest, ...], msgspec.Meta(min_length=1, max_length=MAX_LINES)]
-
-
-class OrderResult(msgspec.Struct, frozen=True, kw_only=True):
-    order_id: uuid.UUID
-    customer_id: str
-    status: OrderStatus
-    total_cents: int
-    version: int
-    position: int
-
-
-@dataclass(frozen=True, slots=True)
-class ProductRow:
-    product_id: uuid.UUID
-    sku: str
-    name: str
-    price_cents: int
-    stock: int
-    version: int
-
-
-@dataclass(frozen=True, slots=True)
-class OrderRow:
-    order_id: uuid.UUID
-    customer_id: str
-    status: OrderStatus
-    total_cents: int
-    version: int
-
-
-# ---- decisions (pure) --------------------------------------------------------------------
-
-
-def decide_place_order(
-    order_id: uuid.UUID,
-    cmd: PlaceOrder,
-    products: Mapping[uuid.UUID, ProductRow],
-    placed_at: datetime,
-) -> tuple[OrderPlaced, list[StockReserved]]:
-    """Price the order from `products` (locked rows) and reserve stock line by line.
-    Raises DuplicateLines, UnknownProducts, InsufficientStock."""
-    repeated = [p for p, n in Counter(line.product_id for line in cmd.lines).items() if n > 1]
-    if repeated:
-        raise DuplicateLines(repeated)
-    unknown = [line.product_id for line in cmd.lines if line.product_id not in products]
-    if unknown:
-        raise UnknownProducts(unknown)
-    short = [
-        {
-            "product_id": str(line.product_id),
-            "sku": products[line.product_id].sku,
-            "requested": line.quantity,
-            "available": products[line.product_id].stock,
-        }
-        for line in cmd.lines
-        if products[line.product_id].stock < line.quantity
-    ]
-    if short:
-        raise InsufficientStock(short)
-    lines = tuple(
-        OrderLine(
-            product_id=p.product_id,
-            sku=p.sku,
-            name=p.name,
-            quantity=line.quantity,
-            unit_price_cents=p.price_cents,
-            line_total_cents=p.price_cents * line.quantity,
-        )
-        for line in cmd.lines
-        for p in (products[line.product_id],)
-    )
-    placed = OrderPlaced(
-        order_id=order_id,
-        customer_id=cmd.customer_id,
-        lines=lines,
-        total_cents=sum(line.line_total_cents for line in lines),
-        placed_at=placed_at,
-    )
-    reserved = [
-        StockReserved(
-            product_id=line.product_id,
-            order_id=order_id,
-            quantity=line.quantity,
-            unit_price_cents=line.unit_price_cents,
-            stock=products[line.product_id].stock - line.quantity,
-        )
-        for line in sorted(lines, key=lambda line: line.product_id)
-    ]
-    return placed, reserved
-
-
-_TRANSITIONS: Final[dict[Action, tuple[frozenset[str], OrderStatus, str]]] = {
-    "pay": (frozenset({"placed"}), "paid", "paid"),
-    "ship": (frozenset({"paid"}), "shipped", "shipped"),
-    "cancel": (frozenset({"placed", "paid"}), "cancelled", "cancelled"),
-}
-
-
-def decide_transition(order: OrderRow, action: Action) -> EventData:
-    """The order event for `action`. Raises InvalidTransition."""
-    allowed_from, _, verb = _TRANSITIONS[action]
-    if order.status not in allowed_from:
-        raise InvalidTransition(order.order_id, order.status, verb)
-    oid, cid, total = order.order_id, order.customer_id, order.total_cents
-    if action == "pay":
-        return OrderPaid(order_id=oid, customer_id=cid, total_cents=total)
-    if action == "ship":
-        return OrderShipped(order_id=oid, customer_id=cid, total_cents=total)
-    return OrderCancelled(
-        order_id=oid, customer_id=cid, total_cents=total, previous_status=order.status
-    )
-
-
-def check_version(order: OrderRow, expected: int | None) -> None:
-    """Raises VersionMismatch when an If-Match version is given and the order moved on."""
-    if expected is not None and expected != order.version:
-        raise VersionMismatch(order.order_id, expected, order.version)
-
+from app.events import NewEvent, StockReleased, StockReserved
 
 # ---- handlers ----------------------------------------------------------------------------
 # Each handler takes its locks with one statement, decides in Python, then writes everything
@@ -297,7 +152,7 @@ async def transition_order(
     order = OrderRow(**dict(row))
     check_version(order, expected_version)
     event = decide_transition(order, action)
-    status = _TRANSITIONS[action][1]
+    status = status_after(action)
     version = order.version + 1
     events = [
         NewEvent(stream_type="order", stream_id=str(order_id), stream_version=version, data=event)

@@ -21,7 +21,8 @@ from starlette.routing import Route
 
 from app.commands import idempotency
 from app.commands.http import correlation_id, decode_json, expected_version, idempotency_key
-from app.commands.orders import Action, OrderResult, PlaceOrder, place_order, transition_order
+from app.commands.order_rules import Action, OrderResult, PlaceOrder
+from app.commands.orders import place_order, transition_order
 from app.commands.outbox import EventMetadata
 from app.commands.products import CreateProduct, RestockProduct, create_product, restock_product
 from app.problems import ServiceUnavailable

@@ -10,7 +10,8 @@ import msgspec
 import pytest
 
 from app.commands.errors import InsufficientStock, SkuTaken
-from app.commands.orders import LineRequest, PlaceOrder, place_order, transition_order
+from app.commands.order_rules import LineRequest, PlaceOrder
+from app.commands.orders import place_order, transition_order
 from app.commands.outbox import EventMetadata
 from app.commands.products import CreateProduct, RestockProduct, create_product, restock_product
 from app.events import decode_data

@@ -17,7 +17,7 @@ import pytest
 from pymongo import AsyncMongoClient
 from pymongo.asynchronous.database import AsyncDatabase
 
-from app.commands import orders, products
+from app.commands import order_rules, orders, products
 from app.commands.errors import InsufficientStock, InvalidTransition
 from app.commands.outbox import EventMetadata
 from app.eventlog import LoggedEvent, fetch_after
@@ -52,10 +52,10 @@ async def _create_product(conn: asyncpg.Connection, rng: random.Random) -> uuid.
 
 async def _place(conn: asyncpg.Connection, rng: random.Random, ids: list[uuid.UUID]) -> uuid.UUID:
     lines = tuple(
-        orders.LineRequest(product_id=p, quantity=rng.randint(1, 6))
+        order_rules.LineRequest(product_id=p, quantity=rng.randint(1, 6))
         for p in rng.sample(ids, rng.randint(1, min(3, len(ids))))
     )
-    cmd = orders.PlaceOrder(customer_id=rng.choice(CUSTOMERS), lines=lines)
+    cmd = order_rules.PlaceOrder(customer_id=rng.choice(CUSTOMERS), lines=lines)
     async with conn.transaction():
         return (await orders.place_order(conn, cmd, _meta())).order_id
 

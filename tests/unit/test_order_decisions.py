@@ -15,7 +15,7 @@ from app.commands.errors import (
     UnknownProducts,
     VersionMismatch,
 )
-from app.commands.orders import (
+from app.commands.order_rules import (
     LineRequest,
     OrderRow,
     PlaceOrder,
