@@ -206,6 +206,7 @@ class Projector:
         stalled, self._idle_position = stored == self._idle_position, stored
         if self._position is None or stored > self._position:
             self._position = stored  # another replica's projector applied them
+            self.applied.advance(stored)
         elif stored < self._position:
             await self._reset_to(stored)
         if not stalled:
@@ -214,7 +215,7 @@ class Projector:
             settled = await settled_position(conn, self._settings.relay_name)
         if settled > stored:
             await self._fill(Gap(stored, settled))
-        self.applied.advance(self._position)
+            self.applied.advance(self._position)
 
     async def _reload_position(self) -> None:
         """After a storage failure trust the store, not memory: a store that crashed may have
