@@ -11,24 +11,21 @@ from typing import Any, Final, TypeVar
 import aiormq
 import aiormq.abc
 import asyncpg
-from pamqp import commands as spec
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import PyMongoError
 
 from app.backoff import Backoff
-from app.broker import connect, declare_topology
+from app.broker import connect
 from app.eventlog import fetch_range, settled_position
 from app.events import EVENT_TYPES
 from app.projector import readmodel
 from app.projector.applied import AppliedPosition
-from app.projector.deliveries import Decoded, Gap, Undecodable, decode_body, plan, repaired
+from app.projector.deliveries import Decoded, Gap, plan, repaired
+from app.projector.inbox import Message, decode, park, subscribe, take
 from app.settings import Settings
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-
-Message = aiormq.abc.DeliveredMessage
-Parked = tuple[Message, str]
 
 # Mongo or PostgreSQL unavailable or slow: the batch is retried, its messages stay unacked.
 _TRANSIENT: Final = (
@@ -43,10 +40,6 @@ _DISCONNECTED: Final = (aiormq.AMQPError, aiormq.ChannelInvalidStateError, Conne
 
 
 _GAP_CHUNK: Final = 5000  # positions read from the log and applied at a time
-
-
-class ConnectionLost(ConnectionError):
-    """The AMQP channel closed while the projector was consuming."""
 
 
 class Projector:
@@ -109,7 +102,7 @@ class Projector:
         connection = await connect(self._settings)
         try:
             channel = await connection.channel()
-            inbox = await self._subscribe(channel)
+            inbox = await subscribe(channel, self._settings)
             self.connected = True
             backoff.reset()
             limit, idle_s = (
@@ -117,7 +110,7 @@ class Projector:
                 self._settings.projector_idle_check_s,
             )
             while True:
-                batch = await _take(inbox, limit, idle_s)
+                batch = await take(inbox, limit, idle_s)
                 if batch:
                     await self._handle(channel, batch)
                 else:
@@ -127,24 +120,9 @@ class Projector:
             with contextlib.suppress(*_DISCONNECTED, OSError):
                 await connection.close()
 
-    async def _subscribe(
-        self, channel: aiormq.abc.AbstractChannel
-    ) -> asyncio.Queue[Message | None]:
-        """Deliveries in arrival order; None once the channel closes."""
-        inbox: asyncio.Queue[Message | None] = asyncio.Queue()
-        await declare_topology(channel, self._settings)
-        await channel.basic_qos(prefetch_count=self._settings.projector_prefetch)
-        channel.closing.add_done_callback(lambda _: inbox.put_nowait(None))
-
-        async def deliver(message: Message) -> None:
-            inbox.put_nowait(message)
-
-        await channel.basic_consume(self._settings.projector_queue, deliver, no_ack=False)
-        return inbox
-
     async def _handle(self, channel: aiormq.abc.AbstractChannel, batch: list[Message]) -> None:
         """Apply the batch (retrying until it is stored), park the undecodable, then ack it all."""
-        decoded, parked = _decode(batch)
+        decoded, parked = decode(batch)
         await self._retry(lambda: self._apply(decoded))
         for message, reason in parked:
             await self._park(channel, message, reason)
@@ -241,26 +219,9 @@ class Projector:
     async def _park(
         self, channel: aiormq.abc.AbstractChannel, message: Message, reason: str
     ) -> None:
-        original = message.header.properties
-        headers = {
-            **(original.headers or {}),
-            "x-parked-reason": reason[:1000],
-            "x-original-routing-key": message.routing_key or "",
-        }
-        properties = spec.Basic.Properties(
-            headers=headers,
-            delivery_mode=2,
-            message_id=original.message_id,
-            message_type=original.message_type,
-            content_type=original.content_type,
-        )
-        confirm = await channel.basic_publish(
-            message.body, routing_key=self._settings.parked_queue, properties=properties
-        )
-        if not isinstance(confirm, spec.Basic.Ack):
-            raise ConnectionLost(f"the broker did not confirm parking: {confirm!r}")
+        await park(channel, message, reason, self._settings.parked_queue)
         self.parked += 1
-        log.warning("projector parked message %s: %s", original.message_id, reason)
+        log.warning("projector parked message %s: %s", message.header.properties.message_id, reason)
 
     async def _retry(self, attempt: Callable[[], Awaitable[T]]) -> T:
         """Run `attempt` until it succeeds; transient storage failures back off and retry
@@ -274,33 +235,3 @@ class Projector:
                 self._reload = True
                 log.warning("projector storage failure, retrying: %r", exc)
             await asyncio.sleep(backoff.next_delay())
-
-
-def _decode(batch: list[Message]) -> tuple[list[Decoded], list[Parked]]:
-    decoded: list[Decoded] = []
-    parked: list[Parked] = []
-    for message in batch:
-        try:
-            decoded.append(decode_body(message.body))
-        except Undecodable as exc:
-            parked.append((message, exc.reason))
-    return decoded, parked
-
-
-async def _take(inbox: asyncio.Queue[Message | None], limit: int, idle_s: float) -> list[Message]:
-    """What is ready, up to `limit`, waiting up to `idle_s` for the first ([] when none came).
-    Raises ConnectionLost."""
-    try:
-        first = await asyncio.wait_for(inbox.get(), idle_s)
-    except TimeoutError:
-        return []
-    if first is None:
-        raise ConnectionLost("the AMQP channel closed")
-    batch = [first]
-    while len(batch) < limit and not inbox.empty():
-        message = inbox.get_nowait()
-        if message is None:
-            inbox.put_nowait(None)  # handle what arrived, then notice the loss
-            break
-        batch.append(message)
-    return batch
