@@ -19,6 +19,7 @@ from app.commands import idempotency
 from app.commands.relay import Relay
 from app.commands.routes import CommandContext
 from app.commands.routes import routes as command_routes
+from app.failures import POSTGRES_FAILURES
 from app.projector.applied import AppliedPosition
 from app.projector.consumer import Projector
 from app.queries.routes import QueryContext
@@ -36,7 +37,7 @@ async def _purge_idempotency_keys(pool: asyncpg.Pool, ttl_s: int) -> None:
             async with pool.acquire() as conn:
                 while await idempotency.purge_expired(conn, ttl_s) > 0:
                     pass
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        except POSTGRES_FAILURES as exc:
             log.warning("purging expired idempotency keys failed, will retry: %r", exc)
         await asyncio.sleep(min(ttl_s, 3600) / 4)
 

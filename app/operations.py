@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 import asyncpg
 import msgspec
@@ -16,10 +16,10 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from app import broker
+from app.failures import POSTGRES_FAILURES
 from app.settings import Settings
 
 _PROBE_TIMEOUT_S = 2.0
-_POSTGRES_DOWN = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)  # timeouts are OSErrors
 
 
 class RelayStatus(Protocol):
@@ -83,7 +83,7 @@ async def _log_head(pool: asyncpg.Pool) -> int:
 async def _check_postgres(context: OperationsContext) -> str | None:
     try:
         await _log_head(context.pool)
-    except _POSTGRES_DOWN as exc:
+    except POSTGRES_FAILURES as exc:
         return f"unreachable: {exc!r}"
     return None
 
@@ -121,7 +121,7 @@ async def ready(request: Request) -> Response:
     if postgres is None:
         try:
             lag = await _log_head(context.pool) - context.waiter.current
-        except _POSTGRES_DOWN as exc:
+        except POSTGRES_FAILURES as exc:
             checks["postgres"] = f"unreachable: {exc!r}"
         else:
             if lag > context.settings.ready_max_lag:
@@ -134,90 +134,64 @@ async def ready(request: Request) -> Response:
     return _json(body, 503 if failing else 200)
 
 
-def _metric(lines: list[str], name: str, kind: str, help_text: str, value: float) -> None:
-    lines += [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}", f"{name} {value}"]
+# One Prometheus sample: name, type, help text, value.
+Sample = tuple[str, str, str, int]
+
+_PROJECTOR_COUNTERS: Final = (
+    "batches", "duplicates", "repaired", "unknown_events", "invalid_events", "parked", "retries",
+    "reconnects",
+)  # fmt: skip
 
 
 async def metrics(request: Request) -> Response:
     """Prometheus text exposition of the pipeline's positions, lag and counters."""
     context = _context(request)
-    lines: list[str] = []
-    try:
-        head = await _log_head(context.pool)
-        _metric(lines, "shop_event_log_position", "gauge", "Last committed event position.", head)
-        _metric(
-            lines,
-            "shop_read_model_lag_events",
-            "gauge",
-            "Events committed but not yet applied to the read model.",
-            max(0, head - context.waiter.current),
-        )
-    except _POSTGRES_DOWN:
-        _metric(lines, "shop_postgres_up", "gauge", "PostgreSQL answered.", 0)
-    _metric(
-        lines,
-        "shop_read_model_position",
-        "gauge",
-        "Applied position known here.",
-        context.waiter.current,
-    )
+    applied = context.waiter.current
+    samples = await _log_samples(context.pool, applied)
+    samples.append(("shop_read_model_position", "gauge", "Applied position known here.", applied))
     if context.relay is not None:
-        relay = context.relay
-        _metric(
-            lines,
-            "shop_relay_leader",
-            "gauge",
-            "1 when this replica's relay publishes.",
-            int(relay.is_leader),
-        )
-        _metric(
-            lines,
-            "shop_relay_connected",
-            "gauge",
-            "Relay connected to the broker.",
-            int(relay.connected),
-        )
-        _metric(
-            lines,
-            "shop_relay_published_position",
-            "gauge",
-            "Highest position confirmed by the broker.",
-            relay.published_position,
-        )
-        _metric(
-            lines,
-            "shop_relay_waiting_on_gap",
-            "gauge",
-            "Missing position the relay waits on (0: none): a transaction still open drew it.",
-            relay.waiting_on_gap or 0,
-        )
+        samples += _relay_samples(context.relay)
     if context.projector is not None:
-        projector = context.projector
-        _metric(
-            lines,
-            "shop_projector_connected",
-            "gauge",
-            "Projector consuming.",
-            int(projector.connected),
-        )
-        for counter in (
-            "batches",
-            "duplicates",
-            "repaired",
-            "unknown_events",
-            "invalid_events",
-            "parked",
-            "retries",
-            "reconnects",
-        ):
-            _metric(
-                lines,
-                f"shop_projector_{counter}_total",
-                "counter",
-                f"Projector {counter.replace('_', ' ')}.",
-                getattr(projector, counter),
-            )
+        samples += _projector_samples(context.projector)
+    lines = [
+        line
+        for name, kind, help_text, value in samples
+        for line in (f"# HELP {name} {help_text}", f"# TYPE {name} {kind}", f"{name} {value}")
+    ]
     return Response("\n".join(lines) + "\n", media_type="text/plain; version=0.0.4")
+
+
+async def _log_samples(pool: asyncpg.Pool, applied: int) -> list[Sample]:
+    try:
+        head = await _log_head(pool)
+    except POSTGRES_FAILURES:
+        return [("shop_postgres_up", "gauge", "PostgreSQL answered.", 0)]
+    lag = "Events committed but not yet applied to the read model."
+    return [
+        ("shop_event_log_position", "gauge", "Last committed event position.", head),
+        ("shop_read_model_lag_events", "gauge", lag, max(0, head - applied)),
+    ]
+
+
+def _relay_samples(relay: RelayStatus) -> list[Sample]:
+    gap = "Missing position the relay waits on (0: none): a transaction still open drew it."
+    return [
+        ("shop_relay_leader", "gauge", "1 when this replica's relay publishes.",
+         int(relay.is_leader)),
+        ("shop_relay_connected", "gauge", "Relay connected to the broker.", int(relay.connected)),
+        ("shop_relay_published_position", "gauge", "Highest position confirmed by the broker.",
+         relay.published_position),
+        ("shop_relay_waiting_on_gap", "gauge", gap, relay.waiting_on_gap or 0),
+    ]  # fmt: skip
+
+
+def _projector_samples(projector: ProjectorStatus) -> list[Sample]:
+    connected = ("shop_projector_connected", "gauge", "Projector consuming.")
+    return [(*connected, int(projector.connected))] + [
+        (f"shop_projector_{counter}_total", "counter", f"Projector {counter.replace('_', ' ')}.",
+         getattr(projector, counter))
+        for counter in _PROJECTOR_COUNTERS
+    ]  # fmt: skip
 
 
 def routes() -> list[Route]:

@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Iterable
 import asyncpg
 
 from app.eventlog import SnapshotBatch, fetch_after_in_snapshot
+from app.failures import POSTGRES_FAILURES
 
 
 def lock_key(relay_name: str) -> int:
@@ -26,9 +27,6 @@ def lock_key(relay_name: str) -> int:
 class SessionFailed(Exception):
     """The relay's PostgreSQL session ended or a query on it failed. Either way the relay
     drops the session, and with it any leadership it held, and starts over."""
-
-
-_DB_ERRORS = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
 
 
 _SAVE = (
@@ -61,7 +59,7 @@ class RelaySession:
         """Connect; raises SessionFailed when PostgreSQL is unreachable."""
         try:
             conn = await asyncpg.connect(dsn, timeout=timeout_s)
-        except _DB_ERRORS as exc:
+        except POSTGRES_FAILURES as exc:
             raise SessionFailed(f"cannot connect to PostgreSQL: {exc!r}") from exc
         return cls(conn, relay_name, timeout_s)
 
@@ -75,7 +73,7 @@ class RelaySession:
         terminated. Only cancellation propagates."""
         try:
             await asyncio.wait_for(self._conn.close(), self._timeout)
-        except _DB_ERRORS:
+        except POSTGRES_FAILURES:
             self._conn.terminate()
         except asyncio.CancelledError:
             self._conn.terminate()
@@ -88,7 +86,7 @@ class RelaySession:
                 raise SessionFailed("the relay's PostgreSQL session is gone")
             try:
                 yield self._conn
-            except _DB_ERRORS as exc:
+            except POSTGRES_FAILURES as exc:
                 raise SessionFailed(f"the relay's PostgreSQL session failed: {exc!r}") from exc
 
     async def try_lead(self) -> bool:

@@ -18,6 +18,7 @@ from app.backoff import Backoff
 from app.broker import connect
 from app.eventlog import fetch_range, settled_position
 from app.events import EVENT_TYPES
+from app.failures import POSTGRES_FAILURES
 from app.projector import readmodel
 from app.projector.applied import AppliedPosition
 from app.projector.deliveries import Decoded, Gap, plan, repaired
@@ -28,13 +29,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 # Mongo or PostgreSQL unavailable or slow: the batch is retried, its messages stay unacked.
-_TRANSIENT: Final = (
-    PyMongoError,
-    asyncpg.PostgresError,
-    asyncpg.InterfaceError,
-    OSError,
-    readmodel.ReadModelLost,
-)
+_TRANSIENT: Final = (PyMongoError, *POSTGRES_FAILURES, readmodel.ReadModelLost)
 # The AMQP channel or connection is gone: reconnect; the broker redelivers what was unacked.
 _DISCONNECTED: Final = (aiormq.AMQPError, aiormq.ChannelInvalidStateError, ConnectionError)
 
