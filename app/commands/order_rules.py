@@ -87,24 +87,7 @@ def decide_place_order(
 ) -> tuple[OrderPlaced, list[StockReserved]]:
     """Price the order from `products` (locked rows) and reserve stock line by line.
     Raises DuplicateLines, UnknownProducts, InsufficientStock."""
-    repeated = [p for p, n in Counter(line.product_id for line in cmd.lines).items() if n > 1]
-    if repeated:
-        raise DuplicateLines(repeated)
-    unknown = [line.product_id for line in cmd.lines if line.product_id not in products]
-    if unknown:
-        raise UnknownProducts(unknown)
-    short = [
-        {
-            "product_id": str(line.product_id),
-            "sku": products[line.product_id].sku,
-            "requested": line.quantity,
-            "available": products[line.product_id].stock,
-        }
-        for line in cmd.lines
-        if products[line.product_id].stock < line.quantity
-    ]
-    if short:
-        raise InsufficientStock(short)
+    _check_lines(cmd, products)
     lines = tuple(
         OrderLine(
             product_id=p.product_id,
@@ -135,6 +118,28 @@ def decide_place_order(
         for line in sorted(lines, key=lambda line: line.product_id)
     ]
     return placed, reserved
+
+
+def _check_lines(cmd: PlaceOrder, products: Mapping[uuid.UUID, ProductRow]) -> None:
+    """Raises DuplicateLines, UnknownProducts or InsufficientStock, in that order."""
+    repeated = [p for p, n in Counter(line.product_id for line in cmd.lines).items() if n > 1]
+    if repeated:
+        raise DuplicateLines(repeated)
+    unknown = [line.product_id for line in cmd.lines if line.product_id not in products]
+    if unknown:
+        raise UnknownProducts(unknown)
+    short = [
+        {
+            "product_id": str(line.product_id),
+            "sku": products[line.product_id].sku,
+            "requested": line.quantity,
+            "available": products[line.product_id].stock,
+        }
+        for line in cmd.lines
+        if products[line.product_id].stock < line.quantity
+    ]
+    if short:
+        raise InsufficientStock(short)
 
 
 _TRANSITIONS: Final[dict[Action, tuple[frozenset[str], OrderStatus, str]]] = {

@@ -15,8 +15,8 @@ new write for that document, after the pending one.
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, Final
 
 from app.projector.documents import Write
 
@@ -63,51 +63,75 @@ def _merge(first: Update, then: Update) -> Update | None:
 
 
 def _fold(result: Update, sets: dict[str, Any], operator: str, name: str, value: Any) -> bool:
-    inserted = result.get("$setOnInsert", {})
-    if operator == "$set":
-        for other in ("$inc", "$push", "$max", "$setOnInsert"):
-            result.get(other, {}).pop(name, None)
-        sets[name] = copy.deepcopy(value)
-    elif operator == "$inc":
-        if name in sets:
-            sets[name] += value
-        elif name in inserted:
-            if inserted[name] != 0:
-                return False
-            del inserted[name]  # $inc of a missing field starts from 0, as the insert would
-            result.setdefault("$inc", {})[name] = value
-        else:
-            incs = result.setdefault("$inc", {})
-            incs[name] = incs.get(name, 0) + value
-    elif operator == "$push":
-        if name in sets:
-            sets[name] = [*sets[name], copy.deepcopy(value)]
-        elif name in inserted:
-            return False
-        else:
-            result.setdefault("$push", {}).setdefault(name, {"$each": []})["$each"].append(
-                copy.deepcopy(value)
-            )
-    elif operator == "$max":
-        if name in sets:
-            sets[name] = max(sets[name], value)
-        elif name in inserted:
-            return False
-        else:
-            maxes = result.setdefault("$max", {})
-            maxes[name] = max(maxes[name], value) if name in maxes else value
-    elif operator == "$setOnInsert":
-        if name in sets:
-            pass  # the document exists after the first write: no insert, the $set stands
-        elif any(name in result.get(op, {}) for op in ("$inc", "$push", "$max")):
-            return False
-        else:
-            inserted.setdefault(name, value)
-            result["$setOnInsert"] = inserted
-    else:
+    """Fold `operator` on field `name` into `result` (whose "$set" is `sets`); False when
+    that cannot be expressed as one update."""
+    fold = _FOLDS.get(operator)
+    if fold is None or not fold(result, sets, name, value):
         return False
     for empty in [
         op for op in ("$inc", "$push", "$max", "$setOnInsert") if op in result and not result[op]
     ]:
         del result[empty]
     return True
+
+
+def _fold_set(result: Update, sets: dict[str, Any], name: str, value: Any) -> bool:
+    for other in ("$inc", "$push", "$max", "$setOnInsert"):
+        result.get(other, {}).pop(name, None)
+    sets[name] = copy.deepcopy(value)
+    return True
+
+
+def _fold_inc(result: Update, sets: dict[str, Any], name: str, value: Any) -> bool:
+    inserted = result.get("$setOnInsert", {})
+    if name in sets:
+        sets[name] += value
+    elif name in inserted:
+        if inserted[name] != 0:
+            return False
+        del inserted[name]  # $inc of a missing field starts from 0, as the insert would
+        result.setdefault("$inc", {})[name] = value
+    else:
+        incs = result.setdefault("$inc", {})
+        incs[name] = incs.get(name, 0) + value
+    return True
+
+
+def _fold_push(result: Update, sets: dict[str, Any], name: str, value: Any) -> bool:
+    if name in sets:
+        sets[name] = [*sets[name], copy.deepcopy(value)]
+    elif name in result.get("$setOnInsert", {}):
+        return False
+    else:
+        pushes = result.setdefault("$push", {})
+        pushes.setdefault(name, {"$each": []})["$each"].append(copy.deepcopy(value))
+    return True
+
+
+def _fold_max(result: Update, sets: dict[str, Any], name: str, value: Any) -> bool:
+    if name in sets:
+        sets[name] = max(sets[name], value)
+    elif name in result.get("$setOnInsert", {}):
+        return False
+    else:
+        maxes = result.setdefault("$max", {})
+        maxes[name] = max(maxes[name], value) if name in maxes else value
+    return True
+
+
+def _fold_set_on_insert(result: Update, sets: dict[str, Any], name: str, value: Any) -> bool:
+    if name in sets:
+        return True  # the document exists after the first write: no insert, the $set stands
+    if any(name in result.get(op, {}) for op in ("$inc", "$push", "$max")):
+        return False
+    result.setdefault("$setOnInsert", {}).setdefault(name, value)
+    return True
+
+
+_FOLDS: Final[dict[str, Callable[[Update, dict[str, Any], str, Any], bool]]] = {
+    "$set": _fold_set,
+    "$inc": _fold_inc,
+    "$push": _fold_push,
+    "$max": _fold_max,
+    "$setOnInsert": _fold_set_on_insert,
+}

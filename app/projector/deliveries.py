@@ -51,10 +51,8 @@ def decode_body(body: bytes) -> Decoded:
         envelope = _decoder.decode(body)
     except msgspec.DecodeError as exc:
         raise Undecodable(f"not an event envelope: {exc}") from None
-    if envelope.type not in EVENT_TYPES:
-        return Decoded(envelope, None)
     try:
-        return Decoded(envelope, decode_data(envelope.type, envelope.data))
+        return _with_data(envelope)
     except msgspec.ValidationError as exc:
         raise Undecodable(f"invalid {envelope.type} data: {exc}") from None
 
@@ -63,12 +61,18 @@ def decode_logged(event: LoggedEvent, prev_position: int) -> Decoded:
     """An event read from the log; data that does not decode is skipped (data None), since
     the log cannot be parked and must not stop the projector forever."""
     envelope = event.envelope(prev_position)
-    if envelope.type not in EVENT_TYPES:
-        return Decoded(envelope, None)
     try:
-        return Decoded(envelope, decode_data(envelope.type, envelope.data))
+        return _with_data(envelope)
     except msgspec.ValidationError:
         return Decoded(envelope, None)
+
+
+def _with_data(envelope: Envelope) -> Decoded:
+    """The envelope with its data decoded; data None for a type this version does not know.
+    Raises msgspec.ValidationError when the data does not match its known type."""
+    if envelope.type not in EVENT_TYPES:
+        return Decoded(envelope, None)
+    return Decoded(envelope, decode_data(envelope.type, envelope.data))
 
 
 def plan(applied: int, deliveries: Iterable[Decoded]) -> list[Decoded | Gap]:
