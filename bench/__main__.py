@@ -19,9 +19,11 @@ from typing import Any
 
 import asyncpg
 import uvloop
+from pymongo import AsyncMongoClient
 from pymongo.asynchronous.database import AsyncDatabase
 
-from bench import http_load, rebuild, report, scenarios
+from app.settings import Settings
+from bench import http_load, readstore, rebuild, report, scenarios
 from bench.http_load import LoadResult
 from bench.relay_drain import run_bench
 from bench.stack import Process, Stack, stack
@@ -38,12 +40,33 @@ class Plan:
     catch_up_s: float  # the longest wait for the read model between scenarios
     read_s: float
     rebuild_events: int
+    readstore_events: int
     relay_events: int
     sustain_s: float  # the second lag run, at a rate the read store keeps up with
 
 
-QUICK = Plan(True, 2, 6, 20, 0.25, 5, 20, 5, 8_000, 10_000, 8)
-FULL = Plan(False, 5, 30, 300, 0.2, 10, 120, 20, 60_000, 50_000, 60)
+QUICK = Plan(True, 2, 6, 20, 0.25, 5, 20, 5, 8_000, 8_000, 20_000, 8)
+FULL = Plan(False, 5, 30, 300, 0.2, 10, 120, 20, 60_000, 20_000, 50_000, 60)
+
+
+@dataclass(frozen=True)
+class Running:
+    """The app under test and what the scenarios reach it and its stores with."""
+
+    pool: asyncpg.Pool
+    db: AsyncDatabase[dict[str, Any]]
+    orders: scenarios.Orders
+    app: Process
+    port: int
+    store: Process | None  # the read store's server, when the bench started it
+    settings: Settings
+
+    async def steady_rate(
+        self, rate: float, duration_s: float, tail_s: float
+    ) -> scenarios.SteadyRun:
+        return await scenarios.steady_rate(
+            self.port, self.app, self.store, self.settings, self.orders, rate, duration_s, tail_s
+        )
 
 
 def progress(message: str) -> None:
@@ -88,25 +111,47 @@ async def _drain_rate(
     return behind, (drained / elapsed if drained > 1000 and elapsed > 0.5 else None)
 
 
-async def _sustainable(
-    pool: asyncpg.Pool, db: AsyncDatabase[dict[str, Any]], orders: scenarios.Orders, app: Process,
-    port: int, plan: Plan, out: dict[str, Any], drain_rate: float | None,
-) -> None:  # fmt: skip
-    """Commit-to-visible lag at 70 % of the rate the projector drained at (at most half the
-    maximum): the pipeline's own latency when the read store is not the bottleneck."""
-    events = await pool.fetchval("SELECT count(*) FROM events")
-    placed = max(1, await pool.fetchval("SELECT count(*) FROM orders"))
-    half = out["place_order"]["http_per_s"] / 2
-    rate = half if drain_rate is None else min(half, 0.7 * drain_rate / (events / placed))
-    progress(f"steady {rate:.0f} orders/s for {plan.sustain_s:.0f} s (read store's pace)")
-    run = await scenarios.steady_rate(port, app, db, orders, rate, plan.sustain_s, plan.tail_s)
-    lags = run.lags_s
-    out["lag_sustainable"] = {
+def _lag(rate: float, run: scenarios.SteadyRun) -> dict[str, Any]:
+    """The figures of one steady run: the lag, the relay's part of it, the cores used."""
+    lags, relay = run.lags_s, run.relay_s
+    return {
         "rate_per_s": round(rate, 1), "achieved_per_s": round(run.load.rate, 1),
-        "projector_drain_events_per_s": None if drain_rate is None else round(drain_rate),
-        "events_per_order": round(events / placed, 2), "orders": run.load.ok,
-        "never_visible": run.never_visible, "p50_ms": _ms(http_load.percentile(lags, 50)),
+        "orders": run.load.ok, "never_visible": run.never_visible,
+        "p50_ms": _ms(http_load.percentile(lags, 50)),
         "p99_ms": _ms(http_load.percentile(lags, 99)), "max_ms": _ms(max(lags, default=0.0)),
+        "relay_p50_ms": _ms(http_load.percentile(relay, 50)),
+        "relay_p99_ms": _ms(http_load.percentile(relay, 99)),
+        "cores": {name: round(cores, 2) for name, cores in run.cores.items()},
+    }  # fmt: skip
+
+
+async def _sustainable(r: Running, plan: Plan, out: dict[str, Any], drain: float | None) -> None:
+    """Commit-to-visible lag at a quarter of the rate the read store absorbs the projector's
+    writes by themselves (at most half the maximum): the pipeline's own latency where the read
+    store, sharing the machine with everything else, keeps up."""
+    events = await r.pool.fetchval("SELECT count(*) FROM events")
+    placed = max(1, await r.pool.fetchval("SELECT count(*) FROM orders"))
+    rate = min(out["place_order"]["http_per_s"] / 2, out["read_store"]["orders_per_s"] / 4)
+    progress(f"steady {rate:.0f} orders/s for {plan.sustain_s:.0f} s (the read store's pace)")
+    run = await r.steady_rate(rate, plan.sustain_s, plan.tail_s)
+    out["lag_sustainable"] = _lag(rate, run) | {
+        "projector_drain_events_per_s": None if drain is None else round(drain),
+        "events_per_order": round(events / placed, 2),
+    }
+
+
+async def _read_store(
+    st: Stack, mongo: AsyncMongoClient[dict[str, Any]], log: str, plan: Plan, out: dict[str, Any]
+) -> None:
+    batch_size = st.settings.projector_batch_size
+    progress(f"the read store's capacity: raw writes of {plan.readstore_events} events")
+    figures = await readstore.run(
+        log, mongo, st.scratch_mongo_db("store"), plan.readstore_events, batch_size
+    )
+    out["read_store"] = {
+        "events": figures.events, "orders": figures.orders, "batch_size": batch_size,
+        "events_per_s": round(figures.events_per_s, 1),
+        "orders_per_s": round(figures.orders_per_s, 1),
     }  # fmt: skip
 
 
@@ -139,23 +184,16 @@ async def _write_side(
     return orders, placed.ids, app, port
 
 
-async def _steady(
-    pool: asyncpg.Pool, db: AsyncDatabase[dict[str, Any]], orders: scenarios.Orders, app: Process,
-    port: int, plan: Plan, out: dict[str, Any],
-) -> None:  # fmt: skip
+async def _steady(r: Running, plan: Plan, out: dict[str, Any]) -> None:
     rate = out["place_order"]["http_per_s"] / 2
     progress("waiting for the read model to catch up")
-    behind = await _catch_up(pool, db, plan.catch_up_s)
+    behind = await _catch_up(r.pool, r.db, plan.catch_up_s)
     progress(f"steady {rate:.0f} orders/s for {plan.steady_s:.0f} s ({behind} events behind)")
-    run = await scenarios.steady_rate(port, app, db, orders, rate, plan.steady_s, plan.tail_s)
-    lags, load = run.lags_s, run.load
-    out["lag"] = {
-        "rate_per_s": round(rate, 1), "achieved_per_s": round(load.rate, 1),
-        "orders": load.ok, "never_visible": run.never_visible, "behind_at_start": behind,
-        "p50_ms": _ms(http_load.percentile(lags, 50)),
-        "p99_ms": _ms(http_load.percentile(lags, 99)),
-        "max_ms": _ms(max(lags, default=0.0)), "http_p50_ms": _ms(load.percentile(50)),
-        "http_p99_ms": _ms(load.percentile(99)), "poll_interval_ms": 3, "tail_s": plan.tail_s,
+    run = await r.steady_rate(rate, plan.steady_s, plan.tail_s)
+    load = run.load
+    out["lag"] = _lag(rate, run) | {
+        "behind_at_start": behind, "http_p50_ms": _ms(load.percentile(50)),
+        "http_p99_ms": _ms(load.percentile(99)), "tail_s": plan.tail_s,
     }  # fmt: skip
     start = next(m for t, m in run.rss_mib if t >= plan.growth_from * plan.steady_s)
     end, every = run.rss_mib[-1][1], max(1, len(run.rss_mib) // 60)
@@ -170,16 +208,22 @@ async def _steady(
 
 
 async def _read_side(st: Stack, port: int, ids: list[str], plan: Plan, out: dict[str, Any]) -> None:
+    """The app and the bare endpoint in turn, twice each, so that a machine getting busier or
+    quieter during the scenario weighs on both alike."""
     bare, bare_port = await st.serve("bench.bare_app")
-    progress("GET /orders/{id}: app, then bare Starlette")
-    results: dict[str, LoadResult] = {}
-    for name, target in (("app", port), ("bare", bare_port)):
+    progress("GET /orders/{id}: app and bare Starlette, in turn")
+    targets = {"app": port, "bare": bare_port}
+    results: dict[str, list[LoadResult]] = {name: [] for name in targets}
+    for target in targets.values():
         await scenarios.get_orders(target, ids, 1.0)
-        results[name] = await scenarios.get_orders(target, ids, plan.read_s)
-        if results[name].ok == 0:
-            raise RuntimeError(f"GET /orders/{{id}} on {name}: {dict(results[name].statuses)}")
+    for _ in range(2):
+        for name, target in targets.items():
+            result = await scenarios.get_orders(target, ids, plan.read_s / 2)
+            if result.ok == 0:
+                raise RuntimeError(f"GET /orders/{{id}} on {name}: {dict(result.statuses)}")
+            results[name].append(result)
     bare.stop()
-    app, raw = results["app"], results["bare"]
+    app, raw = (LoadResult.combined(results[name]) for name in targets)
     out["get_order"] = {
         "app_per_s": round(app.rate, 1), "app_p99_ms": _ms(app.percentile(99)),
         "bare_per_s": round(raw.rate, 1), "bare_p99_ms": _ms(raw.percentile(99)),
@@ -205,15 +249,21 @@ async def run(plan: Plan) -> dict[str, Any]:
         st.exits.push_async_callback(mongo.close)
         db = mongo[st.settings.mongo_db]
         orders, ids, app, port = await _write_side(st, pool, plan, out)
-        await _steady(pool, db, orders, app, port, plan, out)
+        running = Running(pool, db, orders, app, port, st.store, st.settings)
+        progress("waiting for the read model to catch up")
+        await _catch_up(pool, db, plan.catch_up_s)
+        log = await st.scratch_database("log")
+        await rebuild.copy_log(st.settings.database_url, log, plan.rebuild_events)
+        await _read_store(st, mongo, log, plan, out)
+        await _steady(running, plan, out)
         progress("waiting for the read model to catch up")
         out["lag"]["behind_after_run"], drain_rate = await _drain_rate(pool, db, plan.catch_up_s)
-        await _sustainable(pool, db, orders, app, port, plan, out, drain_rate)
+        await _sustainable(running, plan, out, drain_rate)
+        progress("waiting for the read model to catch up")
+        out["get_order_behind_at_start"] = await _catch_up(pool, db, plan.catch_up_s)
         await _read_side(st, port, ids, plan, out)
         app.stop()  # the rebuild and the relay drain run on a quiet machine
         progress("read-model rebuild from the log, then the raw insert ceiling")
-        log = await st.scratch_database("log")
-        await rebuild.copy_log(st.settings.database_url, log, plan.rebuild_events)
         figures = await rebuild.run(
             log, mongo, st.scratch_mongo_db("rebuilt"), st.scratch_mongo_db("raw")
         )

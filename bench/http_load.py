@@ -59,6 +59,18 @@ class LoadResult:
     def percentile(self, q: float) -> float:
         return percentile(self.latencies, q)
 
+    @classmethod
+    def combined(cls, runs: list[LoadResult]) -> LoadResult:
+        """Several runs as one: times, answers and latencies added up."""
+        total = cls()
+        for run in runs:
+            total.wall_s += run.wall_s
+            total.cpu_s += run.cpu_s
+            total.latencies += run.latencies
+            total.statuses += run.statuses
+            total.errors += run.errors
+        return total
+
 
 def percentile(values: list[float], q: float) -> float:
     """Nearest-rank percentile (q in 0..100); 0.0 for no values."""
@@ -81,21 +93,32 @@ class Connection:
         return cls(reader, writer)
 
     async def request(self, data: bytes) -> tuple[int, bytes]:
+        status, _, body = await self.exchange(data)
+        return status, body
+
+    async def exchange(self, data: bytes) -> tuple[int, bytes, bytes]:
+        """Send `data`, read one answer: its status, its head (status line and headers, as
+        sent) and its body."""
         self._writer.write(data)
         head = await self._reader.readuntil(b"\r\n\r\n")
         status = int(head[9:12])
-        length = 0
-        start = head.lower().find(b"\r\ncontent-length:")
-        if start >= 0:
-            end = head.index(b"\r\n", start + 2)
-            length = int(head[start + 17 : end])
+        length = header_int(head, b"content-length")
         body = await self._reader.readexactly(length) if length else b""
-        return status, body
+        return status, head, body
 
     async def close(self) -> None:
         self._writer.close()
         with contextlib.suppress(OSError):
             await self._writer.wait_closed()
+
+
+def header_int(head: bytes, name: bytes) -> int:
+    """The integer value of header `name` (lower case) in a response head; 0 when absent."""
+    start = head.lower().find(b"\r\n" + name + b":")
+    if start < 0:
+        return 0
+    end = head.index(b"\r\n", start + 2)
+    return int(head[start + len(name) + 3 : end])
 
 
 class _Run:

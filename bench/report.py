@@ -15,21 +15,47 @@ def _verdict(ok: bool) -> str:
     return "ok" if ok else "MISS"
 
 
-def _sustainable_rows(lag: dict[str, Any] | None) -> list[Row]:
-    if lag is None:
+def _read_store_rows(r: dict[str, Any]) -> list[Row]:
+    store, lag = r.get("read_store"), r.get("lag_sustainable")
+    if store is None:
         return []
-    bound = ">=" if lag["never_visible"] else ""
-    drained = lag["projector_drain_events_per_s"]
-    return [
+    rows: list[Row] = [
         (
+            "  read store, raw projector writes",
+            f"{store['orders_per_s']:.0f} orders/s ({store['events_per_s']:.0f} events/s)",
+            f"batches of {store['batch_size']} events, {store['orders']} orders",
+            "",
+            f"needs {r['lag']['rate_per_s']:.0f}/s",
+        )
+    ]
+    if lag is not None:
+        bound = ">=" if lag["never_visible"] else ""
+        drained = lag["projector_drain_events_per_s"]
+        rows.append((
             f"  same @ {lag['rate_per_s']:.0f}/s (read store's pace)",
             f"p50 {lag['p50_ms']:.1f}  p99 {bound}{lag['p99_ms']:.1f}"
             f"  max {bound}{lag['max_ms']:.1f} ms",
-            f"projector drained {drained} events/s; {lag['events_per_order']} events/order",
+            (f"backlog drained at {drained} events/s; " if drained else "")
+            + f"{lag['events_per_order']} events/order",
             "",
             f"p99 <= 100 ms {_verdict(lag['p99_ms'] <= 100 and lag['never_visible'] == 0)}",
-        )
+        ))  # fmt: skip
+        rows += _where_rows(lag)
+    return rows
+
+
+def _where_rows(lag: dict[str, Any]) -> list[Row]:
+    """Where a steady run's lag went, and what the app and the read store used meanwhile."""
+    relay = f"p50 {lag['relay_p50_ms']:.1f}  p99 {lag['relay_p99_ms']:.1f} ms"
+    return [
+        ("    answer -> broker delivery", relay, "", "", ""),
+        ("    CPU there", _cores(lag), "", "", ""),
     ]
+
+
+def _cores(lag: dict[str, Any]) -> str:
+    """The cores the app and the read store used during a steady run."""
+    return ", ".join(f"{name} {cores:.2f}" for name, cores in lag.get("cores", {}).items())
 
 
 def rows(r: dict[str, Any]) -> list[Row]:
@@ -69,7 +95,8 @@ def rows(r: dict[str, Any]) -> list[Row]:
             "",
             "",
         ),
-        *_sustainable_rows(r.get("lag_sustainable")),
+        *_where_rows(lag),
+        *_read_store_rows(r),
         (
             "relay drain",
             f"{relay['relay_events_per_s']} events/s",

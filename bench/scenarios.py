@@ -13,20 +13,22 @@ import contextlib
 import random
 import time
 import uuid
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any
 
+import aiormq.abc
 import asyncpg
 import msgspec
-from pymongo.asynchronous.database import AsyncDatabase
 
+from app import broker
 from app.commands.order_rules import LineRequest, PlaceOrder
 from app.commands.orders import place_order
 from app.commands.outbox import EventMetadata
 from app.commands.products import CreateProduct, create_product
+from app.settings import Settings
 from bench import http_load
 from bench.http_load import LoadResult
-from bench.stack import Process, memory_kib
+from bench.stack import Process, cpu_seconds, memory_kib
 
 PRODUCTS = 1000
 CUSTOMERS = 2000
@@ -142,24 +144,35 @@ async def place_orders_direct(dsn: str, orders: Orders, duration_s: float) -> Lo
 
 
 class PositionWatch:
-    """Polls the read model's applied position every `interval_s` and records when each new
-    value was first seen, so the moment any position became visible can be looked up."""
+    """Records when each applied position first became visible to a reader of the app.
 
-    def __init__(self, db: AsyncDatabase[dict[str, Any]], interval_s: float = 0.003) -> None:
-        self._meta, self._interval = db["meta"], interval_s
+    One long poll at a time: `GET <path>?after=<last seen + 1>` answers as soon as the app has
+    applied a position past the last one seen (the read-your-writes path users take), and its
+    `X-Read-Position` says which. So every batch the projector stores is seen within one
+    request's round trip, at the cost of one read by `_id` per batch (polling `meta` every few
+    milliseconds instead would load the read store that is being measured)."""
+
+    def __init__(self, port: int, path: str) -> None:
+        self._port, self._path = port, path
         self.seen_at: list[float] = []
         self.positions: list[int] = []
         self._changed = asyncio.Event()
 
     async def run(self) -> None:
-        while True:
-            meta = await self._meta.find_one({"_id": "projection"}, {"position": 1})
-            position = int(meta["position"]) if meta else 0
-            if not self.positions or position > self.positions[-1]:
-                self.positions.append(position)
-                self.seen_at.append(time.perf_counter())
-                self._changed.set()
-            await asyncio.sleep(self._interval)
+        connection = await http_load.Connection.open("127.0.0.1", self._port)
+        try:
+            while True:
+                after = self.positions[-1] + 1 if self.positions else 1
+                request = http_load.get(f"{self._path}?after={after}")
+                _, head, _ = await connection.exchange(request)
+                seen_at = time.perf_counter()
+                position = http_load.header_int(head, b"x-read-position")
+                if not self.positions or position > self.positions[-1]:
+                    self.positions.append(position)
+                    self.seen_at.append(seen_at)
+                    self._changed.set()
+        finally:
+            await connection.close()
 
     async def wait_visible(self, position: int, within_s: float) -> None:
         with contextlib.suppress(TimeoutError):
@@ -173,6 +186,37 @@ class PositionWatch:
         return self.seen_at[index] if index < len(self.seen_at) else None
 
 
+class _Positioned(msgspec.Struct):
+    position: int
+
+
+class BrokerWatch:
+    """When each event reached the broker's consumers: a side queue (exclusive, auto-deleted,
+    no acks) bound to the app's exchange. It splits the commit-to-visible lag into the relay's
+    part (answer until the broker delivers the event) and the rest (the projector's)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self.arrived: dict[int, float] = {}
+        self._decode = msgspec.json.Decoder(_Positioned).decode
+
+    @contextlib.asynccontextmanager
+    async def watching(self) -> AsyncIterator[BrokerWatch]:
+        connection = await broker.connect(self._settings)
+        try:
+            channel = await connection.channel()
+            queue = (await channel.queue_declare("", exclusive=True, auto_delete=True)).queue
+            assert queue is not None
+            await channel.queue_bind(queue, self._settings.exchange, routing_key="#")
+            await channel.basic_consume(queue, self._on_message, no_ack=True)
+            yield self
+        finally:
+            await connection.close()
+
+    async def _on_message(self, message: aiormq.abc.DeliveredMessage) -> None:
+        self.arrived[self._decode(message.body).position] = time.perf_counter()
+
+
 @dataclass
 class SteadyRun:
     load: LoadResult
@@ -180,16 +224,22 @@ class SteadyRun:
     never_visible: int
     rss_mib: list[tuple[float, float]]  # (seconds since start, MiB)
     peak_mib: float
+    cores: dict[str, float]  # CPU seconds per wall second of the app and the read store
+    relay_s: list[float]  # per order: from its answer until the broker delivered its event
 
 
 async def steady_rate(
-    port: int, app: Process, db: AsyncDatabase[dict[str, Any]], orders: Orders,
+    port: int, app: Process, store: Process | None, settings: Settings, orders: Orders,
     rate: float, duration_s: float, tail_s: float,
 ) -> SteadyRun:  # fmt: skip
     """Open-loop orders at `rate`: the lag from each 201 until the read model has applied its
-    position, and the app's RSS sampled every 0.5 s. An order still invisible `tail_s` after
-    the run counts with the lag it had by then (a lower bound) and in `never_visible`."""
-    watch, placed = PositionWatch(db), PlacedOrders()
+    position (and until the broker delivered it), the app's RSS sampled every 0.5 s, and the
+    CPU the app and the read store (when started here) used while the orders came. An order
+    still invisible `tail_s` after the run counts with the lag it had by then (a lower bound)
+    and in `never_visible`."""
+    watch = PositionWatch(port, f"/products/{orders.product_ids[0]}")
+    delivered = BrokerWatch(settings)
+    placed = PlacedOrders()
     rss: list[tuple[float, float]] = []
     started = time.perf_counter()
 
@@ -198,28 +248,43 @@ async def steady_rate(
             rss.append((time.perf_counter() - started, memory_kib(app.pid)["VmRSS"] / 1024))
             await asyncio.sleep(0.5)
 
+    pids = {"app": app.pid} | ({"read store": store.pid} if store else {})
     watching = asyncio.create_task(watch.run())
     sampling = asyncio.create_task(sample_memory())
     try:
-        load = await http_load.open_loop(
-            "127.0.0.1", port, rate, duration_s, orders.request, placed.on_response
-        )
-        await watch.wait_visible(max(placed.positions, default=0), within_s=tail_s)
+        async with delivered.watching():
+            load, cores = await _orders_at(rate, duration_s, port, orders, placed, pids)
+            await watch.wait_visible(max(placed.positions, default=0), within_s=tail_s)
         gave_up = time.perf_counter()
     finally:
         for task in (watching, sampling):
             task.cancel()
         await asyncio.gather(watching, sampling, return_exceptions=True)
     lags: list[float] = []
+    relay: list[float] = []
     never = 0
     for position, answered in zip(placed.positions, placed.answered_at, strict=True):
         visible = watch.visible_at(position)
         never += visible is None
         lags.append(max(0.0, (gave_up if visible is None else visible) - answered))
+        if position in delivered.arrived:
+            relay.append(max(0.0, delivered.arrived[position] - answered))
     if app.popen.poll() is not None:
         raise RuntimeError(f"the app exited during the run:\n{app.output()[-4000:]}")
     peak = memory_kib(app.pid)["VmHWM"] / 1024
-    return SteadyRun(load, lags, never, rss, peak)
+    return SteadyRun(load, lags, never, rss, peak, cores, relay)
+
+
+async def _orders_at(
+    rate: float, duration_s: float, port: int, orders: Orders, placed: PlacedOrders,
+    pids: dict[str, int],
+) -> tuple[LoadResult, dict[str, float]]:  # fmt: skip
+    """The open-loop run, and the cores each of `pids` used meanwhile."""
+    cpu = {name: cpu_seconds(pid) for name, pid in pids.items()}
+    load = await http_load.open_loop(
+        "127.0.0.1", port, rate, duration_s, orders.request, placed.on_response
+    )
+    return load, {name: (cpu_seconds(pid) - cpu[name]) / load.wall_s for name, pid in pids.items()}
 
 
 async def get_orders(port: int, order_ids: list[str], duration_s: float) -> LoadResult:

@@ -101,6 +101,13 @@ def memory_kib(pid: int) -> dict[str, int]:
     return values
 
 
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time `pid` has used so far, from /proc."""
+    with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 @dataclass
 class Stack:
     """Settings of the benchmark's own databases and broker names, and the means to serve."""
@@ -108,6 +115,7 @@ class Stack:
     settings: Settings
     admin_dsn: str
     exits: contextlib.AsyncExitStack
+    store: Process | None  # the SecantusDB server started here; None on MONGO_URL
 
     def mongo_client(self) -> AsyncMongoClient[dict[str, Any]]:
         """A new client of the stack's Mongo server; the caller closes it."""
@@ -192,7 +200,7 @@ async def _delete_topology(settings: Settings) -> None:
         await connection.close()
 
 
-async def _secantus(exits: contextlib.AsyncExitStack) -> str:
+async def _secantus(exits: contextlib.AsyncExitStack) -> tuple[str, Process]:
     storage = tempfile.mkdtemp(prefix="secantus-bench-")
     exits.callback(shutil.rmtree, storage, ignore_errors=True)
     port = free_port()
@@ -202,7 +210,7 @@ async def _secantus(exits: contextlib.AsyncExitStack) -> str:
     )
     exits.callback(process.stop)
     await wait_for_port(port, process.popen, within_s=30)
-    return f"mongodb://127.0.0.1:{port}"
+    return f"mongodb://127.0.0.1:{port}", process
 
 
 @contextlib.asynccontextmanager
@@ -212,7 +220,10 @@ async def stack() -> AsyncIterator[Stack]:
     tag = uuid.uuid4().hex[:10]
     database = f"shop_bench_{tag}"
     async with contextlib.AsyncExitStack() as exits:
-        mongo_url = os.environ.get("MONGO_URL") or await _secantus(exits)
+        store: Process | None = None
+        mongo_url = os.environ.get("MONGO_URL", "")
+        if not mongo_url:
+            mongo_url, store = await _secantus(exits)
         settings = replace(
             base,
             database_url=_dsn(base.database_url, database),
@@ -229,4 +240,4 @@ async def stack() -> AsyncIterator[Stack]:
         # popped in reverse: the topology and Mongo go after the app processes have stopped
         exits.push_async_callback(_delete_topology, settings)
         exits.push_async_callback(_drop_mongo, mongo_url, settings.mongo_db)
-        yield Stack(settings=settings, admin_dsn=base.database_url, exits=exits)
+        yield Stack(settings=settings, admin_dsn=base.database_url, exits=exits, store=store)

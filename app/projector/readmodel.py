@@ -77,7 +77,7 @@ async def _write_collection(collection: AsyncCollection[Document], writes: list[
     the batch's start, fall back to one fenced write per event, which is always right."""
     merged = coalesce(writes)
     try:
-        result = await collection.bulk_write([_fast(w) for w in merged], ordered=True)
+        result = await collection.bulk_write([fast_operation(w) for w in merged], ordered=True)
         done = result.inserted_count + result.matched_count + result.upserted_count
         if done == len(merged):
             return
@@ -87,7 +87,7 @@ async def _write_collection(collection: AsyncCollection[Document], writes: list[
     await write_ordered(collection, writes)
 
 
-def _fast(write: Write) -> InsertOne[Document] | UpdateOne:
+def fast_operation(write: Write) -> InsertOne[Document] | UpdateOne:
     """A write that creates its document (fenced before version 1) and only sets fields is an
     insert: much cheaper than a fenced upsert, and a duplicate key (the document exists, a
     redelivery) sends the batch down the fenced path."""

@@ -1,0 +1,86 @@
+"""The read store's own capacity for the projector's writes: the ceiling of the lag scenario.
+
+Every order costs the read model a few document writes (the order inserted, each product line
+and the customer updated, fenced). How many of those the Mongo server absorbs per second bounds
+the rate at which any projector can keep the commit-to-visible lag flat, whatever the rest of
+the pipeline does. This measures it with nothing else in the way: the events of the copied log
+are projected and folded per batch (`project`, `coalesce`: the very writes the projector sends
+for a batch of that size) before the clock starts; then only the `bulk_write` calls run, one
+per collection and batch, ordered, into a scratch database with the read model's indexes. No
+broker, no decoding, no applied position, no acks.
+
+Expressed as events/s and orders/s (OrderPlaced events in the replayed log / seconds).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+from pymongo import AsyncMongoClient, InsertOne, UpdateOne
+
+from app.eventlog import fetch_after
+from app.projector import readmodel
+from app.projector.coalescing import coalesce
+from app.projector.deliveries import decode_logged
+from app.projector.documents import COLLECTIONS, Write, project
+
+Operations = list[tuple[str, list[InsertOne[dict[str, Any]] | UpdateOne]]]
+
+
+@dataclass(frozen=True)
+class ReadStoreFigures:
+    events: int
+    orders: int
+    batch_size: int
+    seconds: float
+
+    @property
+    def events_per_s(self) -> float:
+        return self.events / self.seconds
+
+    @property
+    def orders_per_s(self) -> float:
+        return self.orders / self.seconds
+
+
+async def _batches(dsn: str, limit: int, batch_size: int) -> tuple[list[Operations], int, int]:
+    """The log's first `limit` events as the projector's bulk writes, batch by batch."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        logged = await fetch_after(conn, 0, limit)
+    finally:
+        await conn.close()
+    batches: list[Operations] = []
+    orders = 0
+    for start in range(0, len(logged), batch_size):
+        writes: list[Write] = []
+        for event in logged[start : start + batch_size]:
+            decoded = decode_logged(event, event.position - 1)
+            orders += decoded.envelope.type == "OrderPlaced"
+            if decoded.data is not None:
+                writes += project(decoded.envelope, decoded.data)
+        batches.append([
+            (name, [readmodel.fast_operation(w) for w in coalesce(mine)])
+            for name in COLLECTIONS
+            if (mine := [w for w in writes if w.collection == name])
+        ])  # fmt: skip
+    return batches, len(logged), orders
+
+
+async def run(
+    dsn: str, mongo: AsyncMongoClient[dict[str, Any]], scratch_db: str, limit: int,
+    batch_size: int,
+) -> ReadStoreFigures:  # fmt: skip
+    """Replay the first `limit` events of the log at `dsn` into `scratch_db` as raw writes."""
+    batches, events, orders = await _batches(dsn, limit, batch_size)
+    db = mongo[scratch_db]
+    await readmodel.ensure_indexes(db)
+    started = time.perf_counter()
+    for batch in batches:
+        for name, operations in batch:
+            await db[name].bulk_write(operations, ordered=True)
+    seconds = time.perf_counter() - started
+    return ReadStoreFigures(events=events, orders=orders, batch_size=batch_size, seconds=seconds)
