@@ -2,7 +2,7 @@
 
 The first `limit` events of the run's log (all of it when it is shorter) are copied, in
 position order, into a scratch PostgreSQL database, so the rebuild's length is bounded
-whatever the earlier scenarios wrote. `app.projector.readmodel.rebuild` then runs from
+whatever the earlier scenarios wrote. `app.projector.rebuild.rebuild` then runs from
 position 0 of that log into a scratch Mongo database. The ceiling reads the rebuilt
 collections back and inserts them, with the same indexes in place, into a second scratch
 database with unordered `insert_many` batches. Both are expressed as events per second.
@@ -19,6 +19,7 @@ from pymongo import AsyncMongoClient
 
 from app.projector import readmodel
 from app.projector.documents import COLLECTIONS
+from app.projector.rebuild import rebuild
 
 _BATCH = 1000
 
@@ -72,7 +73,7 @@ async def run(
             events: int = await conn.fetchval("SELECT count(*) FROM events")
         target = mongo[rebuilt_db]
         started = time.perf_counter()
-        await readmodel.rebuild(pool, target)
+        await rebuild(pool, target)
         rebuild_s = time.perf_counter() - started
     finally:
         await pool.close()

@@ -1,24 +1,19 @@
-"""The read model store: indexes, fenced batch writes, the applied position, full rebuilds."""
+"""The read model store: indexes, fenced batch writes, the applied position (full rebuilds:
+app.projector.rebuild)."""
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from typing import Any, Final
 
-import asyncpg
-from pymongo import ASCENDING, DESCENDING, InsertOne, ReplaceOne, UpdateOne
+from pymongo import ASCENDING, DESCENDING, InsertOne, UpdateOne
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import BulkWriteError
 
-from app.eventlog import fetch_after
 from app.projector.coalescing import coalesce
-from app.projector.deliveries import Decoded, decode_logged
+from app.projector.deliveries import Decoded
 from app.projector.documents import COLLECTIONS, Write, project
-from app.projector.folding import apply_write
-
-log = logging.getLogger(__name__)
 
 Document = dict[str, Any]
 META: Final = "meta"
@@ -131,59 +126,3 @@ async def _already_applied(
 async def drop(db: AsyncDatabase[Document]) -> None:
     for name in (*COLLECTIONS, META):
         await db.drop_collection(name)
-
-
-async def rebuild(
-    pool: asyncpg.Pool, db: AsyncDatabase[Document], batch_size: int = 100_000
-) -> int:
-    """Drop the read model and project the whole log from position 0, straight from
-    PostgreSQL (disaster recovery, benchmarks). Returns the applied position. Run it with the
-    projector stopped.
-
-    Each chunk of the log is folded in memory (app.projector.folding) and every document it
-    touched is stored once: new ones inserted, ones an earlier chunk stored loaded first and
-    replaced. Memory: one chunk's events and documents (a chunk of 100 000 events is some
-    100 to 200 MB in Python), plus the ids stored so far; a smaller `batch_size` trades memory
-    for more re-reads."""
-    await drop(db)
-    await ensure_indexes(db)
-    position = 0
-    stored: dict[str, set[Any]] = {name: set() for name in COLLECTIONS}
-    while True:
-        async with pool.acquire() as conn:
-            logged = await fetch_after(conn, position, batch_size)
-        if not logged:
-            return position
-        writes: list[Write] = []
-        for event in logged:
-            decoded = decode_logged(event, position)
-            position = event.position
-            if decoded.data is not None:
-                writes += project(decoded.envelope, decoded.data)
-        for name in COLLECTIONS:
-            await _fold_and_store(
-                db[name], [w for w in writes if w.collection == name], stored[name]
-            )
-        await db[META].update_one({"_id": META_ID}, {"$max": {"position": position}}, upsert=True)
-        log.info("read model rebuilt up to position %d", position)
-
-
-async def _fold_and_store(
-    collection: AsyncCollection[Document], writes: list[Write], stored: set[Any]
-) -> None:
-    ids = {w.filter["_id"] for w in writes}
-    documents: dict[Any, Document | None] = {}
-    if earlier := [i for i in ids if i in stored]:
-        async for document in collection.find({"_id": {"$in": earlier}}):
-            documents[document["_id"]] = document
-    for write in writes:
-        key = write.filter["_id"]
-        documents[key] = apply_write(documents.get(key), write)
-    operations: list[InsertOne[Document] | ReplaceOne[Document]] = [
-        ReplaceOne({"_id": key}, document) if key in stored else InsertOne(document)
-        for key, document in documents.items()
-        if document is not None
-    ]
-    if operations:
-        await collection.bulk_write(operations, ordered=False)
-    stored.update(key for key, document in documents.items() if document is not None)

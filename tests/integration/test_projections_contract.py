@@ -23,8 +23,10 @@ from app.commands.outbox import EventMetadata
 from app.eventlog import LoggedEvent, fetch_after
 from app.events import Envelope
 from app.projector import readmodel
+from app.projector import rebuild as rebuild_module
 from app.projector.deliveries import Decoded, Gap, repaired
 from app.projector.documents import COLLECTIONS
+from app.projector.rebuild import rebuild
 from app.settings import Settings
 
 Document = dict[str, Any]
@@ -204,5 +206,31 @@ async def test_a_rebuild_in_chunks_equals_the_projector(
     assert pool is not None
     async with pool:
         for chunk in (7, 10_000):
-            assert await readmodel.rebuild(pool, mongo_db, batch_size=chunk) == events[-1].position
+            assert await rebuild(pool, mongo_db, batch_size=chunk) == events[-1].position
             assert await snapshot(mongo_db) == projected, f"rebuilt in chunks of {chunk}"
+
+
+async def test_a_failed_rebuild_claims_no_position(
+    fresh_database_url: str, mongo_db: AsyncDatabase[Document], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`meta` is written last: a rebuild that fails halfway leaves a read model that claims
+    nothing, so a projector started on it applies the log from position 0."""
+    rng = random.Random(uuid.uuid4().int)
+    events = await make_history(fresh_database_url, rng)
+    reads = 0
+
+    async def failing_fetch(conn: asyncpg.Connection, after: int, limit: int) -> list[LoggedEvent]:
+        nonlocal reads
+        reads += 1
+        if reads > 2:
+            raise asyncpg.PostgresConnectionError("the log went away")
+        return await fetch_after(conn, after, limit)
+
+    monkeypatch.setattr(rebuild_module, "fetch_after", failing_fetch)
+    pool = await asyncpg.create_pool(fresh_database_url, min_size=1, max_size=2)
+    assert pool is not None
+    async with pool:
+        with pytest.raises(asyncpg.PostgresConnectionError):
+            await rebuild(pool, mongo_db, batch_size=len(events) // 4)
+    assert reads == 3, "it failed on its third read, after two chunks"
+    assert await readmodel.load_position(mongo_db) == 0

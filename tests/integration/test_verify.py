@@ -14,7 +14,7 @@ import pytest
 from pymongo import AsyncMongoClient
 from pymongo.asynchronous.database import AsyncDatabase
 
-from app.projector import readmodel
+from app.projector.rebuild import rebuild
 from app.settings import Settings
 from app.verify import main, verify
 from tests.integration.test_projections_contract import make_history
@@ -36,7 +36,7 @@ async def rebuilt(env: Settings) -> AsyncIterator[AsyncDatabase[Document]]:
     assert pool is not None
     try:
         db = client[env.mongo_db]
-        assert await readmodel.rebuild(pool, db, batch_size=7) == log[-1].position
+        assert await rebuild(pool, db, batch_size=7) == log[-1].position
         yield db
     finally:
         await pool.close()

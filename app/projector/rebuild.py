@@ -1,0 +1,140 @@
+"""Rebuilding the read model from the whole log (disaster recovery, benchmarks).
+
+The log is read in chunks of `batch_size` events, straight from PostgreSQL, and folded in
+memory (app.projector.folding) into documents. A document is stored once it stops changing:
+when a chunk leaves it untouched it is written (inserted if new, replaced if stored before)
+while the next chunk is read and folded; what the last chunk touched is written at the end.
+So reading, decoding and folding (this process's CPU) overlap the writes (the store's), a
+document that every chunk touches (a popular product) is written once rather than once per
+chunk, and memory holds about two chunks' documents. `meta` is written last: until then the
+read model claims no position, and a projector started after a failed rebuild applies the log
+from position 0, which its fenced writes make exact.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import asyncpg
+from pymongo import InsertOne, ReplaceOne
+from pymongo.asynchronous.database import AsyncDatabase
+
+from app.eventlog import fetch_after
+from app.projector.deliveries import decode_logged
+from app.projector.documents import COLLECTIONS, CollectionName, Write, project
+from app.projector.folding import apply_write
+from app.projector.readmodel import META, META_ID, drop, ensure_indexes
+
+log = logging.getLogger(__name__)
+
+Document = dict[str, Any]
+Key = tuple[CollectionName, Any]  # (collection, _id)
+
+
+async def rebuild(pool: asyncpg.Pool, db: AsyncDatabase[Document], batch_size: int = 20_000) -> int:
+    """Drop the read model and project the whole log from position 0 into it. Returns the
+    applied position. Run it with the projector stopped."""
+    await drop(db)
+    await ensure_indexes(db)
+    store = _Store(db)
+    held: dict[Key, Document | None] = {}  # folded documents the latest chunk touched
+    position = 0
+    try:
+        while True:
+            async with pool.acquire() as conn:
+                logged = await fetch_after(conn, position, batch_size)
+            if not logged:
+                break
+            writes: list[Write] = []
+            for event in logged:
+                decoded = decode_logged(event, position)
+                position = event.position
+                if decoded.data is not None:
+                    writes += project(decoded.envelope, decoded.data)
+            touched = await store.fold(writes, held)
+            settled = {key: held.pop(key) for key in list(held) if key not in touched}
+            await store.write_soon(settled)
+            log.info("read model folded up to position %d", position)
+        await store.write_soon(held)
+        await store.flush()
+    finally:
+        store.abandon()
+    if position:
+        await db[META].update_one({"_id": META_ID}, {"$max": {"position": position}}, upsert=True)
+    return position
+
+
+class _Store:
+    """The rebuilt documents on their way to MongoDB: one write in flight at a time, and the
+    current state of any document a later chunk touches again."""
+
+    def __init__(self, db: AsyncDatabase[Document]) -> None:
+        self._db = db
+        self._stored: set[Key] = set()  # written, or being written
+        self._writing: dict[Key, Document | None] = {}  # the write in flight
+        self._task: asyncio.Task[None] | None = None
+
+    async def fold(self, writes: list[Write], held: dict[Key, Document | None]) -> set[Key]:
+        """Apply `writes` in order to the documents in `held`, loading first the ones that an
+        earlier write stored; returns the keys they touched."""
+        keys = {(w.collection, w.filter["_id"]) for w in writes}
+        await self._load([key for key in keys if key not in held], held)
+        for write in writes:
+            key = (write.collection, write.filter["_id"])
+            held[key] = apply_write(held.get(key), write)
+        return keys
+
+    async def _load(self, keys: list[Key], held: dict[Key, Document | None]) -> None:
+        missing: dict[CollectionName, list[Any]] = {}
+        for key in keys:
+            if key in self._writing:
+                held[key] = self._writing[key]
+            elif key in self._stored:  # written by a write that has completed
+                missing.setdefault(key[0], []).append(key[1])
+        for name, ids in missing.items():
+            async for document in self._db[name].find({"_id": {"$in": ids}}):
+                held[(name, document["_id"])] = document
+
+    async def write_soon(self, documents: dict[Key, Document | None]) -> None:
+        """Start writing `documents` once the write in flight is done (raising its error)."""
+        await self.flush()
+        operations: dict[CollectionName, list[InsertOne[Document] | ReplaceOne[Document]]] = {}
+        for key, document in documents.items():
+            if document is None:  # a write to a document that never came to exist
+                continue
+            operation = (
+                ReplaceOne({"_id": key[1]}, document)
+                if key in self._stored
+                else InsertOne(document)
+            )
+            operations.setdefault(key[0], []).append(operation)
+            self._stored.add(key)
+        self._writing = documents
+        self._task = asyncio.create_task(self._write(operations))
+
+    async def _write(
+        self, operations: dict[CollectionName, list[InsertOne[Document] | ReplaceOne[Document]]]
+    ) -> None:
+        for name in COLLECTIONS:  # in turn: faster than at once (app.projector.readmodel)
+            if operations.get(name):
+                await self._db[name].bulk_write(operations[name], ordered=False)
+
+    async def flush(self) -> None:
+        """Wait for the write in flight; raises what it raised."""
+        if self._task is not None:
+            task, self._task = self._task, None
+            await task
+        self._writing = {}
+
+    def abandon(self) -> None:
+        """Stop a write still in flight: the rebuild failed, and its own error is the one to
+        report (a finished write's error is marked as seen)."""
+        task, self._task = self._task, None
+        if task is None:
+            return
+        if not task.done():
+            task.cancel()
+        elif not task.cancelled():
+            task.exception()
