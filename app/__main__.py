@@ -1,5 +1,6 @@
-"""`python -m app [serve|migrate|verify]`: serve (migrating first, the default), only migrate,
-or compare the read model with the write side's truth (exit 1 on any difference)."""
+"""`python -m app [serve|migrate|verify|rebuild]`: serve (migrating first, the default), only
+migrate, compare the read model with the write side's truth (exit 1 on any difference), or
+rebuild the read model from the event log (with the projectors stopped)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from app.settings import Settings, SettingsError
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m app", description=__doc__)
     parser.add_argument(
-        "command", nargs="?", default="serve", choices=["serve", "migrate", "verify"]
+        "command", nargs="?", default="serve", choices=["serve", "migrate", "verify", "rebuild"]
     )
     args = parser.parse_args(argv)
     try:
@@ -30,6 +31,10 @@ def main(argv: list[str] | None = None) -> int:
         from app import verify
 
         return verify.main(settings)
+    if args.command == "rebuild":
+        from app.projector import rebuild
+
+        return rebuild.run(settings)
     try:
         applied = asyncio.run(migrate(settings.database_url))
     except MigrationError as exc:
