@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import os
 import shutil
 import socket
@@ -208,3 +209,11 @@ async def client(start_server: ServerFactory) -> AsyncIterator[httpx.AsyncClient
         base_url=server.url, timeout=30, limits=httpx.Limits(max_connections=200)
     ) as http:
         yield http
+
+
+@pytest.fixture(autouse=True)
+def _collect_garbage_after_each_test() -> Iterator[None]:
+    """Garbage left by a test (an unclosed socket, say) is collected in that test, so its
+    ResourceWarning names the test that leaked instead of whichever one runs next."""
+    yield
+    gc.collect()
