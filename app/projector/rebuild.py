@@ -91,7 +91,11 @@ def run(settings: Settings) -> int:
     try:
         position = asyncio.run(_rebuild(settings))
     except (*POSTGRES_FAILURES, PyMongoError) as exc:
-        print(f"rebuild failed, the read model claims no position: {exc!r}", file=sys.stderr)
+        print(
+            f"rebuild failed: {exc!r}; run it again (a read model left halfway claims no"
+            " position, so a projector started on it re-applies the log from 0)",
+            file=sys.stderr,
+        )
         return 1
     print(f"read model {settings.mongo_db!r} rebuilt up to log position {position}")
     return 0
