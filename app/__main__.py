@@ -9,8 +9,8 @@ import asyncio
 import logging
 import sys
 
-from app.migrate import MigrationError, migrate
-from app.settings import Settings, SettingsError
+from app.plumbing.migrate import MigrationError, migrate
+from app.plumbing.settings import Settings, SettingsError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     if args.command == "verify":
-        from app import verify
+        from app.operations import verify
 
         return verify.main(settings)
     if args.command == "rebuild":

@@ -14,18 +14,19 @@ from pymongo import AsyncMongoClient
 from pymongo.asynchronous.database import AsyncDatabase
 from starlette.applications import Starlette
 
-from app import openapi, operations, problems
 from app.commands import idempotency
-from app.commands.relay import Relay
 from app.commands.routes import CommandContext
 from app.commands.routes import routes as command_routes
-from app.failures import POSTGRES_FAILURES
+from app.operations import health, openapi
+from app.plumbing import problems
+from app.plumbing.failures import POSTGRES_FAILURES
+from app.plumbing.settings import Settings
 from app.projector.applied import AppliedPosition
 from app.projector.consumer import Projector
 from app.queries.routes import QueryContext
 from app.queries.routes import routes as query_routes
 from app.queries.waiting import LocalFirstWaiter, MongoPositionWaiter, Waiter
-from app.settings import Settings
+from app.relay.runner import Relay
 
 log = logging.getLogger(__name__)
 
@@ -126,7 +127,7 @@ def create_app(settings: Settings) -> Starlette:
         app.state.queries = QueryContext(
             db=db, waiter=waiter, read_wait_max_s=settings.read_wait_max_s
         )
-        app.state.operations = operations.OperationsContext(
+        app.state.operations = health.OperationsContext(
             settings=settings, pool=pool, db=db, waiter=waiter, relay=relay, projector=projector
         )
         try:
@@ -140,7 +141,7 @@ def create_app(settings: Settings) -> Starlette:
         routes=[
             *command_routes(),
             *query_routes(),
-            *operations.routes(),
+            *health.routes(),
             *openapi.routes(),
         ],
         lifespan=lifespan,

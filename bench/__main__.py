@@ -22,7 +22,7 @@ import uvloop
 from pymongo import AsyncMongoClient
 from pymongo.asynchronous.database import AsyncDatabase
 
-from app.settings import Settings
+from app.plumbing.settings import Settings
 from bench import http_load, readstore, rebuild, report, scenarios
 from bench.http_load import LoadResult
 from bench.relay_drain import run_bench

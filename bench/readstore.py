@@ -21,7 +21,7 @@ from typing import Any
 import asyncpg
 from pymongo import AsyncMongoClient, InsertOne, UpdateOne
 
-from app.eventlog import fetch_after
+from app.contracts.eventlog import fetch_after
 from app.projector import readmodel
 from app.projector.coalescing import coalesce
 from app.projector.deliveries import decode_logged

@@ -26,13 +26,13 @@ import asyncpg
 if __package__ in (None, ""):  # run as a script: make `app` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from app.broker import delete_topology
-from app.commands.relay import Relay
-from app.commands.relay_publisher import message_body, message_properties
-from app.eventlog import fetch_after
-from app.events import routing_key
-from app.migrate import migrate
-from app.settings import Settings
+from app.contracts.eventlog import fetch_after
+from app.contracts.events import routing_key
+from app.contracts.topology import delete_topology
+from app.plumbing.migrate import migrate
+from app.plumbing.settings import Settings
+from app.relay.publisher import message_body, message_properties
+from app.relay.runner import Relay
 
 RESULTS = Path(__file__).resolve().parent / "results" / "relay.json"
 

@@ -20,12 +20,12 @@ import aiormq.abc
 import asyncpg
 import msgspec
 
-from app import broker
 from app.commands.order_rules import LineRequest, PlaceOrder
 from app.commands.orders import place_order
 from app.commands.outbox import EventMetadata
 from app.commands.products import CreateProduct, create_product
-from app.settings import Settings
+from app.contracts import topology as broker
+from app.plumbing.settings import Settings
 from bench import http_load
 from bench.http_load import LoadResult
 from bench.stack import Process, cpu_seconds, memory_kib

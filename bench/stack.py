@@ -28,9 +28,9 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 from pymongo import AsyncMongoClient
 
-from app import broker
-from app.migrate import migrate
-from app.settings import Settings
+from app.contracts import topology as broker
+from app.plumbing.migrate import migrate
+from app.plumbing.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -25,8 +25,8 @@ import uvicorn
 from starlette.types import ASGIApp as ASGIApplication
 
 from app.main import create_app
-from app.migrate import migrate
-from app.settings import Settings
+from app.plumbing.migrate import migrate
+from app.plumbing.settings import Settings
 
 ADMIN_DSN = os.environ.get("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 AMQP_URL = os.environ.get("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")

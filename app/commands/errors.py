@@ -6,7 +6,7 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
-from app.problems import Problem
+from app.plumbing.problems import Problem
 
 
 class ProductNotFound(Problem):

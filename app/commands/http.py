@@ -10,7 +10,7 @@ from typing import Final, TypeVar
 import msgspec
 from starlette.requests import Request
 
-from app.problems import (
+from app.plumbing.problems import (
     InvalidRequest,
     MalformedJson,
     PayloadTooLarge,

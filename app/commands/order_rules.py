@@ -21,7 +21,7 @@ from app.commands.errors import (
     UnknownProducts,
     VersionMismatch,
 )
-from app.events import (
+from app.contracts.events import (
     EventData,
     OrderCancelled,
     OrderLine,

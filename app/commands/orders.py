@@ -28,7 +28,7 @@ from app.commands.order_rules import (
     status_after,
 )
 from app.commands.outbox import EventMetadata, append_events
-from app.events import NewEvent, StockReleased, StockReserved
+from app.contracts.events import NewEvent, StockReleased, StockReserved
 
 # ---- handlers ----------------------------------------------------------------------------
 # Each handler takes its locks with one statement, decides in Python, then writes everything

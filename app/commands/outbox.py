@@ -8,7 +8,7 @@ from typing import Any
 import asyncpg
 import msgspec
 
-from app.events import NewEvent, Position
+from app.contracts.events import NewEvent, Position
 
 _encoder = msgspec.json.Encoder()
 

@@ -10,7 +10,7 @@ import msgspec
 
 from app.commands.errors import ProductNotFound, SkuTaken, StockLimitExceeded
 from app.commands.outbox import EventMetadata, append_events
-from app.events import NewEvent, Position, ProductCreated, ProductRestocked
+from app.contracts.events import NewEvent, Position, ProductCreated, ProductRestocked
 
 MAX_PRICE_CENTS: Final = 1_000_000_000
 MAX_STOCK: Final = 1_000_000_000_000

@@ -25,7 +25,7 @@ from app.commands.order_rules import Action, OrderResult, PlaceOrder
 from app.commands.orders import place_order, transition_order
 from app.commands.outbox import EventMetadata
 from app.commands.products import CreateProduct, RestockProduct, create_product, restock_product
-from app.problems import ServiceUnavailable
+from app.plumbing.problems import ServiceUnavailable
 
 log = logging.getLogger(__name__)
 

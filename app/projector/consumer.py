@@ -14,16 +14,16 @@ import asyncpg
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import PyMongoError
 
-from app.backoff import Backoff
-from app.broker import connect
-from app.eventlog import fetch_range, settled_position
-from app.events import EVENT_TYPES
-from app.failures import POSTGRES_FAILURES
+from app.contracts.eventlog import fetch_range, settled_position
+from app.contracts.events import EVENT_TYPES
+from app.contracts.topology import connect
+from app.plumbing.backoff import Backoff
+from app.plumbing.failures import POSTGRES_FAILURES
+from app.plumbing.settings import Settings
 from app.projector import readmodel
 from app.projector.applied import AppliedPosition
 from app.projector.deliveries import Decoded, Gap, plan, repaired
 from app.projector.inbox import Message, decode, park, subscribe, take
-from app.settings import Settings
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 import msgspec
 
-from app.eventlog import LoggedEvent
-from app.events import EVENT_TYPES, Envelope, EventData, decode_data
+from app.contracts.eventlog import LoggedEvent
+from app.contracts.events import EVENT_TYPES, Envelope, EventData, decode_data
 
 _decoder = msgspec.json.Decoder(Envelope)
 

@@ -32,7 +32,7 @@ from typing import Any, Final, Literal, NamedTuple
 
 from pymongo import UpdateOne
 
-from app.events import (
+from app.contracts.events import (
     Envelope,
     EventData,
     OrderCancelled,

@@ -12,9 +12,9 @@ import asyncio
 import aiormq.abc
 from pamqp import commands as spec
 
-from app.broker import declare_topology
+from app.contracts.topology import declare_topology
+from app.plumbing.settings import Settings
 from app.projector.deliveries import Decoded, Undecodable, decode_body
-from app.settings import Settings
 
 Message = aiormq.abc.DeliveredMessage
 Parked = tuple[Message, str]

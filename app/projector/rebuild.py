@@ -24,14 +24,14 @@ from pymongo import AsyncMongoClient, InsertOne, ReplaceOne
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import PyMongoError
 
-from app.broker import connect
-from app.eventlog import fetch_after
-from app.failures import POSTGRES_FAILURES
+from app.contracts.eventlog import fetch_after
+from app.contracts.topology import connect
+from app.plumbing.failures import POSTGRES_FAILURES
+from app.plumbing.settings import Settings
 from app.projector.deliveries import decode_logged
 from app.projector.documents import COLLECTIONS, CollectionName, Write, project
 from app.projector.folding import apply_write
 from app.projector.readmodel import META, META_ID, drop, ensure_indexes
-from app.settings import Settings
 
 log = logging.getLogger(__name__)
 

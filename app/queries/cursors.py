@@ -11,7 +11,7 @@ from typing import Final, TypeVar
 
 import msgspec
 
-from app.problems import Problem
+from app.plumbing.problems import Problem
 
 _MAX_CURSOR_CHARS: Final = 512
 _CHECK_BYTES: Final = 8

@@ -9,7 +9,7 @@ from typing import Final, Literal, cast, get_args
 
 from starlette.datastructures import QueryParams
 
-from app.problems import InvalidRequest, Problem
+from app.plumbing.problems import InvalidRequest, Problem
 
 OrderStatus = Literal["placed", "paid", "shipped", "cancelled"]
 

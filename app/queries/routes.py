@@ -20,7 +20,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from app.problems import Problem, ServiceUnavailable
+from app.plumbing.problems import Problem, ServiceUnavailable
 from app.queries import documents, reads
 from app.queries.cursors import C, OrderCursor, ProductCursor, decode_cursor, encode_cursor
 from app.queries.params import NotFound, QueryArgs, customer_id, uuid_id

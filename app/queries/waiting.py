@@ -9,7 +9,7 @@ from typing import Any, Final, Protocol
 import pymongo
 from pymongo.asynchronous.database import AsyncDatabase
 
-from app.problems import ServiceUnavailable
+from app.plumbing.problems import ServiceUnavailable
 
 META_COLLECTION: Final = "meta"
 META_ID: Final = "projection"

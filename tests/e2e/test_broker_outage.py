@@ -20,9 +20,9 @@ import httpx
 import pytest
 from pymongo import AsyncMongoClient
 
-from app import broker
-from app.settings import Settings
-from app.verify import verify
+from app.contracts import topology as broker
+from app.operations.verify import verify
+from app.plumbing.settings import Settings
 from tests.conftest import ServerFactory, _free_port
 
 pytestmark = pytest.mark.slow

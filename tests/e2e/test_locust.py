@@ -19,8 +19,8 @@ from typing import Any
 import pytest
 from pymongo import AsyncMongoClient
 
-from app import broker
-from app.settings import Settings
+from app.contracts import topology as broker
+from app.plumbing.settings import Settings
 from tests.e2e.test_process import AppProcess
 
 pytestmark = pytest.mark.slow

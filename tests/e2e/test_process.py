@@ -23,8 +23,8 @@ import httpx
 import pytest
 from pymongo import AsyncMongoClient
 
-from app import broker
-from app.settings import Settings
+from app.contracts import topology as broker
+from app.plumbing.settings import Settings
 from tests.conftest import _free_port
 
 pytestmark = pytest.mark.slow

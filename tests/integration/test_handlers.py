@@ -14,7 +14,7 @@ from app.commands.order_rules import LineRequest, PlaceOrder
 from app.commands.orders import place_order, transition_order
 from app.commands.outbox import EventMetadata
 from app.commands.products import CreateProduct, RestockProduct, create_product, restock_product
-from app.events import decode_data
+from app.contracts.events import decode_data
 
 META = EventMetadata(correlation_id="test")
 

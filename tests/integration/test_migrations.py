@@ -11,7 +11,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from app.migrate import MIGRATIONS_DIR, MigrationError, discover, migrate
+from app.plumbing.migrate import MIGRATIONS_DIR, MigrationError, discover, migrate
 from tests.conftest import _create_empty_database, _drop_database
 
 

@@ -20,14 +20,14 @@ from pymongo.asynchronous.database import AsyncDatabase
 from app.commands import order_rules, orders, products
 from app.commands.errors import InsufficientStock, InvalidTransition
 from app.commands.outbox import EventMetadata
-from app.eventlog import LoggedEvent, fetch_after
-from app.events import Envelope
+from app.contracts.eventlog import LoggedEvent, fetch_after
+from app.contracts.events import Envelope
+from app.plumbing.settings import Settings
 from app.projector import readmodel
 from app.projector import rebuild as rebuild_module
 from app.projector.deliveries import Decoded, Gap, repaired
 from app.projector.documents import COLLECTIONS
 from app.projector.rebuild import rebuild
-from app.settings import Settings
 
 Document = dict[str, Any]
 CUSTOMERS = ("alice", "bob", "carol", "dave")

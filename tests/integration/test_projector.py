@@ -25,13 +25,13 @@ import pytest
 from pamqp import commands as spec
 from pymongo import AsyncMongoClient
 
-from app.broker import connect, declare_topology, delete_topology
-from app.eventlog import LoggedEvent
-from app.events import Envelope, routing_key
+from app.contracts.eventlog import LoggedEvent
+from app.contracts.events import Envelope, routing_key
+from app.contracts.topology import connect, declare_topology, delete_topology
+from app.operations.verify import verify
+from app.plumbing.settings import Settings
 from app.projector.applied import AppliedPosition
 from app.projector.consumer import Projector
-from app.settings import Settings
-from app.verify import verify
 from tests.conftest import _free_port, _wait_for_port
 from tests.integration.test_projections_contract import envelopes, make_history
 

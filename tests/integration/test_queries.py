@@ -17,10 +17,10 @@ from pymongo import AsyncMongoClient
 from pymongo.asynchronous.database import AsyncDatabase
 from starlette.applications import Starlette
 
-from app import problems
+from app.plumbing import problems
+from app.plumbing.settings import Settings
 from app.queries.routes import QueryContext, routes
 from app.queries.waiting import MongoPositionWaiter
-from app.settings import Settings
 from tests.conftest import Server, _free_port
 
 Db = AsyncDatabase[dict[str, Any]]

@@ -18,10 +18,10 @@ import asyncpg
 import msgspec
 import pytest
 
-from app.broker import declare_topology, delete_topology
-from app.commands.relay import Relay
-from app.events import Envelope
-from app.settings import Settings
+from app.contracts.events import Envelope
+from app.contracts.topology import declare_topology, delete_topology
+from app.plumbing.settings import Settings
+from app.relay.runner import Relay
 
 _INSERT = (
     "INSERT INTO events (stream_type, stream_id, stream_version, type, data)"

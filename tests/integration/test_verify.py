@@ -16,11 +16,11 @@ import pytest
 from pymongo import AsyncMongoClient
 from pymongo.asynchronous.database import AsyncDatabase
 
-from app import broker
+from app.contracts import topology as broker
+from app.operations.verify import main, verify
+from app.plumbing.settings import Settings
 from app.projector import rebuild as rebuild_module
 from app.projector.rebuild import rebuild
-from app.settings import Settings
-from app.verify import main, verify
 from tests.integration.test_projections_contract import make_history
 
 Document = dict[str, Any]

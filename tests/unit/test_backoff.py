@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from app.backoff import Backoff
+from app.plumbing.backoff import Backoff
 
 
 def test_backoff_grows_stays_capped_and_resets() -> None:

@@ -6,8 +6,8 @@ from typing import Any
 
 from starlette.routing import Route
 
-from app.openapi import document
-from app.settings import Settings
+from app.operations.openapi import document
+from app.plumbing.settings import Settings
 
 
 def _refs(node: Any) -> set[str]:

@@ -25,7 +25,7 @@ from app.commands.order_rules import (
     decide_transition,
 )
 from app.commands.products import MAX_STOCK, decide_restock
-from app.events import OrderCancelled, OrderPaid, OrderShipped
+from app.contracts.events import OrderCancelled, OrderPaid, OrderShipped
 
 NOW = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
 

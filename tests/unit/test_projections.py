@@ -10,7 +10,7 @@ from typing import Any
 import msgspec
 import pytest
 
-from app.events import (
+from app.contracts.events import (
     EVENT_TYPES,
     Envelope,
     OrderCancelled,

@@ -11,7 +11,7 @@ from urllib.parse import urlencode
 import pytest
 from starlette.datastructures import QueryParams
 
-from app.problems import InvalidRequest, Problem, ServiceUnavailable
+from app.plumbing.problems import InvalidRequest, Problem, ServiceUnavailable
 from app.queries.cursors import (
     InvalidCursor,
     OrderCursor,

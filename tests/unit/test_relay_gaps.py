@@ -6,8 +6,8 @@ from dataclasses import dataclass
 
 import pytest
 
-from app.commands.gaps import GapProof, GapTracker, plan_batch
-from app.commands.relay_store import lock_key
+from app.relay.gaps import GapProof, GapTracker, plan_batch
+from app.relay.session import lock_key
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from app.settings import Settings, SettingsError
+from app.plumbing.settings import Settings, SettingsError
 
 
 def test_defaults_match_the_design() -> None:

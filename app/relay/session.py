@@ -14,8 +14,8 @@ from collections.abc import AsyncIterator, Iterable
 
 import asyncpg
 
-from app.eventlog import SnapshotBatch, fetch_after_in_snapshot
-from app.failures import POSTGRES_FAILURES
+from app.contracts.eventlog import SnapshotBatch, fetch_after_in_snapshot
+from app.plumbing.failures import POSTGRES_FAILURES
 
 
 def lock_key(relay_name: str) -> int:

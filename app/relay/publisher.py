@@ -10,8 +10,8 @@ import aiormq.abc
 import msgspec
 from pamqp.commands import Basic
 
-from app.eventlog import LoggedEvent
-from app.events import routing_key
+from app.contracts.eventlog import LoggedEvent
+from app.contracts.events import routing_key
 
 _encoder = msgspec.json.Encoder()
 

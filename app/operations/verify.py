@@ -20,8 +20,8 @@ import msgspec
 from pymongo import AsyncMongoClient
 from pymongo.asynchronous.database import AsyncDatabase
 
+from app.plumbing.settings import Settings
 from app.projector.readmodel import load_position
-from app.settings import Settings
 
 Fields = dict[str, Any]
 Documents = dict[str, Fields]

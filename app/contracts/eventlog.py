@@ -14,7 +14,7 @@ from typing import Any
 import asyncpg
 import msgspec
 
-from app.events import Envelope
+from app.contracts.events import Envelope
 
 
 class LoggedEvent(msgspec.Struct, frozen=True, kw_only=True):

@@ -2,7 +2,7 @@
 never skipping a late commit, with windowed publisher confirms; one leader per relay name.
 
 Shape of a run: elect (advisory lock on a dedicated PostgreSQL session) → lead: connect to the
-broker, declare the topology, then loop read → plan (app.commands.gaps) → publish → checkpoint.
+broker, declare the topology, then loop read → plan (app.relay.gaps) → publish → checkpoint.
 A broker failure reconnects and republishes from the last confirmed position; a failure of the
 PostgreSQL session gives up leadership and elects again. Duplicates across a failure are
 allowed, loss and reordering are not.
@@ -21,12 +21,12 @@ import aiormq
 import aiormq.abc
 import aiormq.exceptions
 
-from app.backoff import Backoff
-from app.broker import connect, declare_topology
-from app.commands.gaps import GapProof, GapTracker
-from app.commands.relay_publisher import ConfirmWindow, PublishFailed
-from app.commands.relay_store import RelaySession, SessionFailed
-from app.settings import Settings
+from app.contracts.topology import connect, declare_topology
+from app.plumbing.backoff import Backoff
+from app.plumbing.settings import Settings
+from app.relay.gaps import GapProof, GapTracker
+from app.relay.publisher import ConfirmWindow, PublishFailed
+from app.relay.session import RelaySession, SessionFailed
 
 log = logging.getLogger(__name__)
 

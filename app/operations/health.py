@@ -15,9 +15,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from app import broker
-from app.failures import POSTGRES_FAILURES
-from app.settings import Settings
+from app.contracts import topology as broker
+from app.plumbing.failures import POSTGRES_FAILURES
+from app.plumbing.settings import Settings
 
 _PROBE_TIMEOUT_S = 2.0
 

@@ -18,7 +18,7 @@ import asyncpg
 
 log = logging.getLogger(__name__)
 
-MIGRATIONS_DIR: Final = Path(__file__).resolve().parent.parent / "migrations"
+MIGRATIONS_DIR: Final = Path(__file__).resolve().parents[2] / "migrations"
 _LOCK_KEY: Final = 0x5_4F_50_4D_49_47  # "SHOPMIG": one runner at a time, across processes
 _NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
 

@@ -12,7 +12,7 @@ from typing import Any
 import aiormq
 import aiormq.abc
 
-from app.settings import Settings
+from app.plumbing.settings import Settings
 
 _QUORUM: dict[str, Any] = {"x-queue-type": "quorum"}
 

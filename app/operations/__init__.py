@@ -1,0 +1,1 @@
+"""Operator tools: health and metrics endpoints, verify, rebuild, the API description."""

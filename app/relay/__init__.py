@@ -1,0 +1,1 @@
+"""The relay: publishes the committed event log to the broker in order (leader only)."""
