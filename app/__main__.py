@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
 
         return verify.main(settings)
     if args.command == "rebuild":
-        from app.projector import rebuild
+        from app.operations import rebuild
 
         return rebuild.run(settings)
     try:

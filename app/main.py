@@ -5,28 +5,30 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections.abc import AsyncIterator, Coroutine
 from typing import Any
 
 import asyncpg
-from pymongo import AsyncMongoClient
 from pymongo.asynchronous.database import AsyncDatabase
 from starlette.applications import Starlette
 
 from app.commands import idempotency
 from app.commands.routes import CommandContext
 from app.commands.routes import routes as command_routes
+from app.contracts.topology import Topology
 from app.operations import health, openapi
 from app.plumbing import problems
 from app.plumbing.failures import POSTGRES_FAILURES
+from app.plumbing.resources import Resources, connect_broker, connect_postgres, open_resources
 from app.plumbing.settings import Settings
 from app.projector.applied import AppliedPosition
-from app.projector.consumer import Projector
+from app.projector.consumer import Projector, ProjectorConfig
 from app.queries.routes import QueryContext
 from app.queries.routes import routes as query_routes
 from app.queries.waiting import LocalFirstWaiter, MongoPositionWaiter, Waiter
-from app.relay.runner import Relay
+from app.relay.runner import Relay, RelayConfig
 
 log = logging.getLogger(__name__)
 
@@ -41,12 +43,6 @@ async def _purge_idempotency_keys(pool: asyncpg.Pool, ttl_s: int) -> None:
         except POSTGRES_FAILURES as exc:
             log.warning("purging expired idempotency keys failed, will retry: %r", exc)
         await asyncio.sleep(min(ttl_s, 3600) / 4)
-
-
-async def _keep_session(conn: asyncpg.Connection) -> None:
-    """Pool release without asyncpg's reset query (unlock advisory locks, CLOSE ALL, UNLISTEN,
-    RESET ALL): pooled connections never take session state, and that query was one more round
-    trip per command. asyncpg still rolls back a transaction left open."""
 
 
 class Tasks:
@@ -73,25 +69,65 @@ def _report_end(task: asyncio.Task[None]) -> None:
         log.error("background task %s ended", task.get_name(), exc_info=task.exception())
 
 
-def _start_pipeline(
+def relay_config(settings: Settings) -> RelayConfig:
+    return RelayConfig(
+        name=settings.relay_name,
+        topology=Topology.of(settings),
+        batch_size=settings.relay_batch_size,
+        confirm_window=settings.relay_confirm_window,
+        poll_interval_s=settings.relay_poll_interval_s,
+        timeout_s=settings.command_timeout_s,
+    )
+
+
+def projector_config(settings: Settings) -> ProjectorConfig:
+    return ProjectorConfig(
+        topology=Topology.of(settings),
+        relay_name=settings.relay_name,
+        batch_size=settings.projector_batch_size,
+        prefetch=settings.projector_prefetch,
+        idle_check_s=settings.projector_idle_check_s,
+    )
+
+
+def relay_for(settings: Settings, wakeup: asyncio.Event) -> Relay:
+    """The relay as `serve` runs it (tests and the bench build theirs here too)."""
+    return Relay(
+        relay_config(settings),
+        functools.partial(connect_postgres, settings),
+        functools.partial(connect_broker, settings),
+        wakeup,
+    )
+
+
+def projector_for(
     settings: Settings,
     pool: asyncpg.Pool,
     db: AsyncDatabase[dict[str, Any]],
-    commit_signal: asyncio.Event,
-    tasks: Tasks,
+    applied: AppliedPosition,
+    **backoff: float,
+) -> Projector:
+    """The projector as `serve` runs it; `backoff` overrides its retry delays (tests)."""
+    connect = functools.partial(connect_broker, settings)
+    return Projector(projector_config(settings), pool, db, connect, applied, **backoff)
+
+
+def _start_pipeline(
+    resources: Resources, commit_signal: asyncio.Event, tasks: Tasks
 ) -> tuple[Relay | None, Projector | None, Waiter]:
     """Start the relay and the projector this replica runs, and pick how reads wait for
     `after`: in-process when the projector runs here (with the `meta` document as a fallback
     while another replica's projector is the active one), else by polling `meta`."""
+    settings = resources.settings
     relay = projector = None
-    remote = MongoPositionWaiter(db, settings.read_poll_interval_s)
+    remote = MongoPositionWaiter(resources.db, settings.read_poll_interval_s)
     waiter: Waiter = remote
     if settings.relay_enabled:
-        relay = Relay(settings, commit_signal)
+        relay = relay_for(settings, commit_signal)
         tasks.start("relay", relay.run())
     if settings.projector_enabled:
         applied = AppliedPosition()
-        projector = Projector(settings, pool, db, applied)
+        projector = projector_for(settings, resources.pool, resources.db, applied)
         waiter = LocalFirstWaiter(applied, remote, grace_s=settings.read_poll_interval_s)
         tasks.start("projector", projector.run())
     return relay, projector, waiter
@@ -103,39 +139,28 @@ def create_app(settings: Settings) -> Starlette:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        pool = await asyncpg.create_pool(
-            settings.database_url,
-            min_size=settings.db_pool_min,
-            max_size=settings.db_pool_max,
-            reset=_keep_session,
-        )
-        assert pool is not None
-        mongo: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
-            settings.mongo_url, tz_aware=True, serverSelectionTimeoutMS=5000
-        )
-        db = mongo[settings.mongo_db]
-        commit_signal = asyncio.Event()
-        tasks = Tasks()
-        relay, projector, waiter = _start_pipeline(settings, pool, db, commit_signal, tasks)
-        tasks.start("purge-keys", _purge_idempotency_keys(pool, settings.idempotency_ttl_s))
-        app.state.commands = CommandContext(
-            pool=pool,
-            idempotency_ttl_s=settings.idempotency_ttl_s,
-            acquire_timeout_s=settings.command_timeout_s,
-            on_commit=commit_signal.set,
-        )
-        app.state.queries = QueryContext(
-            db=db, waiter=waiter, read_wait_max_s=settings.read_wait_max_s
-        )
-        app.state.operations = health.OperationsContext(
-            settings=settings, pool=pool, db=db, waiter=waiter, relay=relay, projector=projector
-        )
-        try:
-            yield
-        finally:
-            await tasks.stop()
-            await mongo.close()
-            await pool.close()
+        async with open_resources(settings) as resources:
+            commit_signal = asyncio.Event()
+            tasks = Tasks()
+            relay, projector, waiter = _start_pipeline(resources, commit_signal, tasks)
+            pool = resources.pool
+            tasks.start("purge-keys", _purge_idempotency_keys(pool, settings.idempotency_ttl_s))
+            app.state.commands = CommandContext(
+                pool=pool,
+                idempotency_ttl_s=settings.idempotency_ttl_s,
+                acquire_timeout_s=settings.command_timeout_s,
+                on_commit=commit_signal.set,
+            )
+            app.state.queries = QueryContext(
+                db=resources.db, waiter=waiter, read_wait_max_s=settings.read_wait_max_s
+            )
+            app.state.operations = health.OperationsContext(
+                resources=resources, waiter=waiter, relay=relay, projector=projector
+            )
+            try:
+                yield
+            finally:
+                await tasks.stop()
 
     app = Starlette(
         routes=[

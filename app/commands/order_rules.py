@@ -22,6 +22,8 @@ from app.commands.errors import (
     VersionMismatch,
 )
 from app.contracts.events import (
+    CUSTOMER_ID_CHARS,
+    CUSTOMER_ID_MAX,
     EventData,
     OrderCancelled,
     OrderLine,
@@ -36,7 +38,7 @@ MAX_LINES: Final = 50
 MAX_QUANTITY: Final = 100_000
 
 CustomerIdText = Annotated[
-    str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:@\-]*$")
+    str, msgspec.Meta(min_length=1, max_length=CUSTOMER_ID_MAX, pattern=f"^{CUSTOMER_ID_CHARS}$")
 ]
 Action = Literal["pay", "ship", "cancel"]
 

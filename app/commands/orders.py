@@ -11,7 +11,6 @@ from __future__ import annotations
 import uuid
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any
 
 import asyncpg
 
@@ -27,8 +26,8 @@ from app.commands.order_rules import (
     decide_transition,
     status_after,
 )
-from app.commands.outbox import EventMetadata, append_events
-from app.contracts.events import NewEvent, StockReleased, StockReserved
+from app.commands.outbox import EventMetadata, Statement, append_events
+from app.contracts.events import NewEvent, OrderPlaced, StockReleased, StockReserved
 
 # ---- handlers ----------------------------------------------------------------------------
 # Each handler takes its locks with one statement, decides in Python, then writes everything
@@ -38,26 +37,6 @@ _LOCK_PRODUCTS = """
 SELECT product_id, sku, name, price_cents, stock, version FROM products
 WHERE product_id = ANY($1::uuid[]) ORDER BY product_id FOR UPDATE
 """
-
-# $1..$3: product ids, new stocks, new versions
-_SAVE_STOCK = """
-stock AS (
-    UPDATE products AS p SET stock = u.stock, version = u.version, updated_at = now()
-    FROM unnest($1::uuid[], $2::bigint[], $3::int[]) AS u(product_id, stock, version)
-    WHERE p.product_id = u.product_id
-)"""
-
-_PLACE = f"""
-WITH {_SAVE_STOCK}, placed AS (
-    INSERT INTO orders (order_id, customer_id, status, total_cents, version, placed_at,
-                        updated_at)
-    VALUES ($4, $5, 'placed', $6, 1, $7, $7)
-), lines AS (
-    INSERT INTO order_lines (order_id, line_no, product_id, quantity, unit_price_cents)
-    SELECT $4, l.n, l.product_id, l.quantity, l.price
-    FROM unnest($8::uuid[], $9::int[], $10::bigint[]) WITH ORDINALITY
-         AS l(product_id, quantity, price, n)
-)"""
 
 _LOCK_ORDER = """
 SELECT order_id, customer_id, status, total_cents, version FROM orders
@@ -72,15 +51,13 @@ FROM order_lines AS l JOIN products AS p ON p.product_id = l.product_id
 WHERE l.order_id = $1 ORDER BY p.product_id FOR UPDATE OF p
 """
 
-# $4..$6: order id, new status, new version
-_MOVE = "moved AS (UPDATE orders SET status = $5, version = $6, updated_at = now()"
-_MOVE += " WHERE order_id = $4)"
 
-
-def _stock_writes(
-    products: Mapping[uuid.UUID, ProductRow], changes: Sequence[StockReserved | StockReleased]
-) -> tuple[list[NewEvent], list[Any]]:
-    """The product events of `changes` and the arguments of _SAVE_STOCK."""
+def _save_stock(
+    sql: Statement,
+    products: Mapping[uuid.UUID, ProductRow],
+    changes: Sequence[StockReserved | StockReleased],
+) -> list[NewEvent]:
+    """Add the product rows' new stock and version to `sql`; returns the product events."""
     events = [
         NewEvent(
             stream_type="product",
@@ -90,12 +67,46 @@ def _stock_writes(
         )
         for c in changes
     ]
-    arguments = [
-        [c.product_id for c in changes],
-        [c.stock for c in changes],
-        [e.stream_version for e in events],
-    ]
-    return events, arguments
+    ids = sql.bind([c.product_id for c in changes])
+    stocks = sql.bind([c.stock for c in changes])
+    versions = sql.bind([e.stream_version for e in events])
+    sql.part(
+        "stock",
+        "UPDATE products AS p SET stock = u.stock, version = u.version, updated_at = now()"
+        f" FROM unnest({ids}::uuid[], {stocks}::bigint[], {versions}::int[])"
+        " AS u(product_id, stock, version) WHERE p.product_id = u.product_id",
+    )
+    return events
+
+
+def _insert_order(sql: Statement, placed: OrderPlaced) -> None:
+    """Add the order row (version 1) and its lines to `sql`."""
+    order_id, at = sql.bind(placed.order_id), sql.bind(placed.placed_at)
+    sql.part(
+        "placed",
+        "INSERT INTO orders (order_id, customer_id, status, total_cents, version, placed_at,"
+        f" updated_at) VALUES ({order_id}, {sql.bind(placed.customer_id)}, 'placed',"
+        f" {sql.bind(placed.total_cents)}, 1, {at}, {at})",
+    )
+    products = sql.bind([x.product_id for x in placed.lines])
+    quantities = sql.bind([x.quantity for x in placed.lines])
+    prices = sql.bind([x.unit_price_cents for x in placed.lines])
+    sql.part(
+        "lines",
+        "INSERT INTO order_lines (order_id, line_no, product_id, quantity, unit_price_cents)"
+        f" SELECT {order_id}, l.n, l.product_id, l.quantity, l.price"
+        f" FROM unnest({products}::uuid[], {quantities}::int[], {prices}::bigint[])"
+        " WITH ORDINALITY AS l(product_id, quantity, price, n)",
+    )
+
+
+def _move_order(sql: Statement, order_id: uuid.UUID, status: str, version: int) -> None:
+    """Add the order row's new status and version to `sql`."""
+    sql.part(
+        "moved",
+        f"UPDATE orders SET status = {sql.bind(status)}, version = {sql.bind(version)},"
+        f" updated_at = now() WHERE order_id = {sql.bind(order_id)}",
+    )
 
 
 async def place_order(
@@ -107,26 +118,13 @@ async def place_order(
     rows = await conn.fetch(_LOCK_PRODUCTS, [line.product_id for line in cmd.lines])
     products = {r["product_id"]: ProductRow(**dict(r)) for r in rows}
     placed, reserved = decide_place_order(order_id, cmd, products, datetime.now(UTC))
-    product_events, stock_arguments = _stock_writes(products, reserved)
+    sql = Statement()
+    product_events = _save_stock(sql, products, reserved)
+    _insert_order(sql, placed)
     order_event = NewEvent(
         stream_type="order", stream_id=str(order_id), stream_version=1, data=placed
     )
-    position = await append_events(
-        conn,
-        [order_event, *product_events],
-        meta,
-        writes=_PLACE,
-        arguments=[
-            *stock_arguments,
-            order_id,
-            cmd.customer_id,
-            placed.total_cents,
-            placed.placed_at,
-            [x.product_id for x in placed.lines],
-            [x.quantity for x in placed.lines],
-            [x.unit_price_cents for x in placed.lines],
-        ],
-    )
+    position = await append_events(conn, [order_event, *product_events], meta, sql)
     return OrderResult(
         order_id=order_id,
         customer_id=cmd.customer_id,
@@ -157,17 +155,11 @@ async def transition_order(
     events = [
         NewEvent(stream_type="order", stream_id=str(order_id), stream_version=version, data=event)
     ]
-    stock_arguments: list[Any] = [[], [], []]
+    sql = Statement()
     if action == "cancel":
-        released, stock_arguments = await _release_stock(conn, order_id)
-        events += released
-    position = await append_events(
-        conn,
-        events,
-        meta,
-        writes=f"WITH {_SAVE_STOCK}, {_MOVE}",
-        arguments=[*stock_arguments, order_id, status, version],
-    )
+        events += await _release_stock(conn, sql, order_id)
+    _move_order(sql, order_id, status, version)
+    position = await append_events(conn, events, meta, sql)
     return OrderResult(
         order_id=order_id,
         customer_id=order.customer_id,
@@ -179,8 +171,9 @@ async def transition_order(
 
 
 async def _release_stock(
-    conn: asyncpg.Connection, order_id: uuid.UUID
-) -> tuple[list[NewEvent], list[Any]]:
+    conn: asyncpg.Connection, sql: Statement, order_id: uuid.UUID
+) -> list[NewEvent]:
+    """Lock the order's products and add their released stock to `sql`; the product events."""
     rows = await conn.fetch(_LOCK_ORDER_PRODUCTS, order_id)
     products = {
         r["product_id"]: ProductRow(
@@ -203,4 +196,4 @@ async def _release_stock(
         )
         for r in rows
     ]
-    return _stock_writes(products, released)
+    return _save_stock(sql, products, released)

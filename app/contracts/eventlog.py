@@ -2,7 +2,13 @@
 
 Readers get committed events in position order. Note that a reader alone cannot tell a gap
 that will never fill (a rolled-back position) from one that commits late: that decision is the
-relay's (see app/commands/relay.py); the projector only reads ranges the relay already passed.
+relay's (app/relay/gaps.py, docs/architecture.md §4); the projector only reads ranges the
+relay already passed.
+
+That is the one coupling between the relay and the projector, and it goes through SQL: the
+relay's checkpoint (table `relay_checkpoints`, one row per relay name) is written only by the
+relay (`advance_checkpoint`) and read by the projector (`settled_position`) to learn how far
+the log may be read without missing a late commit.
 """
 
 from __future__ import annotations
@@ -102,10 +108,30 @@ async def fetch_after_in_snapshot(
     )
 
 
-async def settled_position(conn: asyncpg.Connection, relay_name: str) -> int:
+async def settled_position(
+    conn: asyncpg.Connection, relay_name: str, timeout_s: float | None = None
+) -> int:
     """The relay's checkpoint: every position up to it was published or proven dead, so
     reading the log up to it misses no late commit. 0 when that relay never published."""
     position: int = await conn.fetchval(
-        "SELECT coalesce(max(position), 0) FROM relay_checkpoints WHERE name = $1", relay_name
+        "SELECT coalesce(max(position), 0) FROM relay_checkpoints WHERE name = $1",
+        relay_name,
+        timeout=timeout_s,
     )
     return position
+
+
+_ADVANCE = (
+    "INSERT INTO relay_checkpoints AS c (name, position, updated_at) VALUES ($1, $2, now())"
+    " ON CONFLICT ON CONSTRAINT relay_checkpoints_pkey DO UPDATE"
+    " SET position = excluded.position, updated_at = excluded.updated_at"
+    " WHERE c.position < excluded.position"
+)
+
+
+async def advance_checkpoint(
+    conn: asyncpg.Connection, relay_name: str, position: int, timeout_s: float | None = None
+) -> None:
+    """Move the relay's checkpoint forward to `position` (the relay only); idempotent, never
+    moves it back."""
+    await conn.execute(_ADVANCE, relay_name, position, timeout=timeout_s)

@@ -1,28 +1,28 @@
 """The event contract shared by the write side, the relay, the projector and the queries.
 
 Each event type has a msgspec Struct for its `data`; `Envelope` is what the relay publishes
-(DESIGN §5) and what the projector consumes. Event data carries every fact a reader needs, so
-no reader ever asks the write side: order events carry the customer and the total, product
-events carry the product's stock after the change.
+and what the projector consumes (docs/architecture.md §2). Event data carries every fact a
+reader needs, so no reader ever asks the write side: order events carry the customer and the
+total, product events carry the product's stock after the change.
 """
 
 from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Any, Final, Literal, NewType
+from typing import Any, Final, Literal, NewType, get_args
 
 import msgspec
 
-ProductId = NewType("ProductId", uuid.UUID)
-OrderId = NewType("OrderId", uuid.UUID)
-CustomerId = NewType("CustomerId", str)
 Position = NewType("Position", int)
 
 StreamType = Literal["order", "product"]
 OrderStatus = Literal["placed", "paid", "shipped", "cancelled"]
+ORDER_STATUSES: Final[tuple[OrderStatus, ...]] = get_args(OrderStatus)
 
-SCHEMA_VERSION: Final = 1
+# A customer id, as commands accept it and queries look it up: these characters, 1 to 64 of them.
+CUSTOMER_ID_CHARS: Final = r"[A-Za-z0-9][A-Za-z0-9._:@\-]*"
+CUSTOMER_ID_MAX: Final = 64
 
 
 class EventData(msgspec.Struct, frozen=True, kw_only=True):
@@ -132,7 +132,8 @@ class NewEvent(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class Envelope(msgspec.Struct, frozen=True, kw_only=True):
-    """One logged event as published to the broker (DESIGN §5); `data` stays a plain dict."""
+    """One logged event as published to the broker (docs/architecture.md §2); `data` stays a
+    plain dict."""
 
     event_id: uuid.UUID
     type: str

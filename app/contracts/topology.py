@@ -1,4 +1,5 @@
-"""RabbitMQ topology (DESIGN §5), declared idempotently by whichever part starts first.
+"""RabbitMQ topology (docs/architecture.md §5), declared idempotently by whichever part
+starts first.
 
 - topic exchange `settings.exchange` (durable), routing keys `<stream_type>.<event>`;
 - quorum queue `settings.projector_queue`, single active consumer, bound with `#`;
@@ -7,35 +8,50 @@
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Protocol
 
-import aiormq
 import aiormq.abc
-
-from app.plumbing.settings import Settings
 
 _QUORUM: dict[str, Any] = {"x-queue-type": "quorum"}
 
 
-async def connect(settings: Settings) -> aiormq.abc.AbstractConnection:
-    """One AMQP connection; raises aiormq.AMQPConnectionError or OSError when unreachable."""
-    connection: aiormq.abc.AbstractConnection = await aiormq.connect(settings.amqp_url)
-    return connection
+class Names(Protocol):
+    """The broker names, which are settings (app.plumbing.settings.Settings has them), so that
+    tests and tenants can use their own."""
+
+    @property
+    def exchange(self) -> str: ...
+    @property
+    def projector_queue(self) -> str: ...
+    @property
+    def parked_queue(self) -> str: ...
 
 
-async def declare_topology(channel: aiormq.abc.AbstractChannel, settings: Settings) -> None:
-    await channel.exchange_declare(settings.exchange, exchange_type="topic", durable=True)
+@dataclass(frozen=True, slots=True)
+class Topology:
+    exchange: str
+    projector_queue: str
+    parked_queue: str
+
+    @classmethod
+    def of(cls, names: Names) -> Topology:
+        return cls(names.exchange, names.projector_queue, names.parked_queue)
+
+
+async def declare_topology(channel: aiormq.abc.AbstractChannel, names: Names) -> None:
+    await channel.exchange_declare(names.exchange, exchange_type="topic", durable=True)
     await channel.queue_declare(
-        settings.projector_queue,
+        names.projector_queue,
         durable=True,
         arguments={**_QUORUM, "x-single-active-consumer": True},
     )
-    await channel.queue_bind(settings.projector_queue, settings.exchange, routing_key="#")
-    await channel.queue_declare(settings.parked_queue, durable=True, arguments=_QUORUM)
+    await channel.queue_bind(names.projector_queue, names.exchange, routing_key="#")
+    await channel.queue_declare(names.parked_queue, durable=True, arguments=_QUORUM)
 
 
-async def delete_topology(channel: aiormq.abc.AbstractChannel, settings: Settings) -> None:
+async def delete_topology(channel: aiormq.abc.AbstractChannel, names: Names) -> None:
     """Remove what `declare_topology` made (tests and tenants cleaning up)."""
-    await channel.queue_delete(settings.projector_queue)
-    await channel.queue_delete(settings.parked_queue)
-    await channel.exchange_delete(settings.exchange)
+    await channel.queue_delete(names.projector_queue)
+    await channel.queue_delete(names.parked_queue)
+    await channel.exchange_delete(names.exchange)

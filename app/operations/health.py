@@ -5,19 +5,18 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
-from typing import Any, Final, Protocol
+from typing import Any, Protocol
 
 import asyncpg
 import msgspec
-from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import PyMongoError
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from app.contracts import topology as broker
 from app.plumbing.failures import POSTGRES_FAILURES
-from app.plumbing.settings import Settings
+from app.plumbing.resources import Resources
+from app.projector.counters import ProjectorCounters
 
 _PROBE_TIMEOUT_S = 2.0
 
@@ -31,14 +30,7 @@ class RelayStatus(Protocol):
 
 class ProjectorStatus(Protocol):
     connected: bool
-    batches: int
-    duplicates: int
-    repaired: int
-    unknown_events: int
-    invalid_events: int
-    parked: int
-    retries: int
-    reconnects: int
+    counters: ProjectorCounters
 
     @property
     def position(self) -> int: ...
@@ -51,9 +43,7 @@ class PositionSource(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class OperationsContext:
-    settings: Settings
-    pool: asyncpg.Pool
-    db: AsyncDatabase[dict[str, Any]]
+    resources: Resources
     waiter: PositionSource
     relay: RelayStatus | None
     projector: ProjectorStatus | None
@@ -82,7 +72,7 @@ async def _log_head(pool: asyncpg.Pool) -> int:
 
 async def _check_postgres(context: OperationsContext) -> str | None:
     try:
-        await _log_head(context.pool)
+        await _log_head(context.resources.pool)
     except POSTGRES_FAILURES as exc:
         return f"unreachable: {exc!r}"
     return None
@@ -90,7 +80,7 @@ async def _check_postgres(context: OperationsContext) -> str | None:
 
 async def _check_mongo(context: OperationsContext) -> str | None:
     try:
-        await asyncio.wait_for(context.db.command("ping"), _PROBE_TIMEOUT_S)
+        await asyncio.wait_for(context.resources.db.command("ping"), _PROBE_TIMEOUT_S)
     except (PyMongoError, TimeoutError) as exc:
         return f"unreachable: {exc!r}"
     return None
@@ -103,7 +93,7 @@ async def _check_rabbitmq(context: OperationsContext) -> str | None:
     ):
         return None
     try:
-        connection = await asyncio.wait_for(broker.connect(context.settings), _PROBE_TIMEOUT_S)
+        connection = await asyncio.wait_for(context.resources.connect_broker(), _PROBE_TIMEOUT_S)
         await connection.close()
     except Exception as exc:  # any failure to connect means "not ready"
         return f"unreachable: {exc!r}"
@@ -120,11 +110,11 @@ async def ready(request: Request) -> Response:
     checks: dict[str, str | None] = {"postgres": postgres, "rabbitmq": rabbitmq, "mongo": mongo}
     if postgres is None:
         try:
-            lag = await _log_head(context.pool) - context.waiter.current
+            lag = await _log_head(context.resources.pool) - context.waiter.current
         except POSTGRES_FAILURES as exc:
             checks["postgres"] = f"unreachable: {exc!r}"
         else:
-            if lag > context.settings.ready_max_lag:
+            if lag > context.resources.settings.ready_max_lag:
                 checks["lag"] = f"the read model is {lag} events behind"
     failing = {part: reason for part, reason in checks.items() if reason is not None}
     body: dict[str, Any] = {
@@ -137,17 +127,12 @@ async def ready(request: Request) -> Response:
 # One Prometheus sample: name, type, help text, value.
 Sample = tuple[str, str, str, int]
 
-_PROJECTOR_COUNTERS: Final = (
-    "batches", "duplicates", "repaired", "unknown_events", "invalid_events", "parked", "retries",
-    "reconnects",
-)  # fmt: skip
-
 
 async def metrics(request: Request) -> Response:
     """Prometheus text exposition of the pipeline's positions, lag and counters."""
     context = _context(request)
     applied = context.waiter.current
-    samples = await _log_samples(context.pool, applied)
+    samples = await _log_samples(context.resources.pool, applied)
     samples.append(("shop_read_model_position", "gauge", "Applied position known here.", applied))
     if context.relay is not None:
         samples += _relay_samples(context.relay)
@@ -188,10 +173,9 @@ def _relay_samples(relay: RelayStatus) -> list[Sample]:
 def _projector_samples(projector: ProjectorStatus) -> list[Sample]:
     connected = ("shop_projector_connected", "gauge", "Projector consuming.")
     return [(*connected, int(projector.connected))] + [
-        (f"shop_projector_{counter}_total", "counter", f"Projector {counter.replace('_', ' ')}.",
-         getattr(projector, counter))
-        for counter in _PROJECTOR_COUNTERS
-    ]  # fmt: skip
+        (f"shop_projector_{name}_total", "counter", help_text, value)
+        for name, value, help_text in projector.counters.items()
+    ]
 
 
 def routes() -> list[Route]:

@@ -15,6 +15,7 @@ from starlette.routing import Route
 
 from app.commands.order_rules import OrderResult, PlaceOrder
 from app.commands.products import CreateProduct, ProductResult, RestockProduct, RestockResult
+from app.contracts.events import ORDER_STATUSES
 from app.queries.documents import CustomerBody, OrderBody, PageBody, ProductBody
 
 _PROBLEM: Final = {"$ref": "#/components/schemas/Problem"}
@@ -151,7 +152,7 @@ def document() -> dict[str, Any]:
             {
                 "name": "status",
                 "in": "query",
-                "schema": {"enum": ["placed", "paid", "shipped", "cancelled"]},
+                "schema": {"enum": list(ORDER_STATUSES)},
             },
         ),
         "/reports/top-products": _query("Best-selling products", "PageBody_ProductBody_", _PAGE[0]),

@@ -17,11 +17,11 @@ from typing import Any
 
 import asyncpg
 import msgspec
-from pymongo import AsyncMongoClient
 from pymongo.asynchronous.database import AsyncDatabase
 
+from app.contracts.readmodel import CUSTOMERS, ORDERS, PRODUCTS, applied_position
+from app.plumbing.resources import open_resources
 from app.plumbing.settings import Settings
-from app.projector.readmodel import load_position
 
 Fields = dict[str, Any]
 Documents = dict[str, Fields]
@@ -81,18 +81,16 @@ FROM orders GROUP BY customer_id
 async def verify(settings: Settings, wait_s: float = 30.0) -> Report:
     """Differences between PostgreSQL's truth and the read model of `settings.mongo_db`,
     after waiting up to `wait_s` for the projector to catch up. Reads only."""
-    conn = await asyncpg.connect(settings.database_url)
-    client: AsyncMongoClient[Fields] = AsyncMongoClient(settings.mongo_url, tz_aware=True)
-    try:
-        db = client[settings.mongo_db]
+    async with (
+        open_resources(settings, pool_min=1, pool_max=1) as resources,
+        resources.pool.acquire() as conn,
+    ):
+        db = resources.db
         log_position = int(await conn.fetchval("SELECT coalesce(max(position), 0) FROM events"))
         read_position = await _wait_for_position(db, log_position, wait_s)
         expected = await _expected(conn)
         checked = {name: len(docs) for name, docs in expected.items()}
         differences = [d for name, docs in expected.items() for d in await _compare(db, name, docs)]
-    finally:
-        await conn.close()
-        await client.close()
     return Report(
         log_position=log_position,
         read_position=read_position,
@@ -105,7 +103,7 @@ async def _wait_for_position(db: AsyncDatabase[Fields], position: int, wait_s: f
     # Another process owns the projector, so there is nothing to be woken by: poll, bounded.
     deadline = time.monotonic() + wait_s
     while True:
-        applied = await load_position(db)
+        applied = await applied_position(db)
         if applied >= position or time.monotonic() >= deadline:
             return applied
         await asyncio.sleep(0.1)
@@ -119,9 +117,9 @@ async def _expected(conn: asyncpg.Connection) -> dict[str, Documents]:
         fields = dict(line)
         orders[fields.pop("id")]["lines"].append(fields)
     return {
-        "products": _by_id(await conn.fetch(_PRODUCTS)),
-        "orders": orders,
-        "customers": _by_id(await conn.fetch(_CUSTOMERS)),
+        PRODUCTS: _by_id(await conn.fetch(_PRODUCTS)),
+        ORDERS: orders,
+        CUSTOMERS: _by_id(await conn.fetch(_CUSTOMERS)),
     }
 
 

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any, Final, TypeVar
 
 import aiormq
@@ -15,13 +16,14 @@ from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import PyMongoError
 
 from app.contracts.eventlog import fetch_range, settled_position
-from app.contracts.events import EVENT_TYPES
-from app.contracts.topology import connect
+from app.contracts.readmodel import applied_position, ensure_indexes
+from app.contracts.topology import Topology
 from app.plumbing.backoff import Backoff
 from app.plumbing.failures import POSTGRES_FAILURES
-from app.plumbing.settings import Settings
+from app.plumbing.resources import BrokerConnect
 from app.projector import readmodel
 from app.projector.applied import AppliedPosition
+from app.projector.counters import ProjectorCounters
 from app.projector.deliveries import Decoded, Gap, plan, repaired
 from app.projector.inbox import Message, decode, park, subscribe, take
 
@@ -37,35 +39,44 @@ _DISCONNECTED: Final = (aiormq.AMQPError, aiormq.ChannelInvalidStateError, Conne
 _GAP_CHUNK: Final = 5000  # positions read from the log and applied at a time
 
 
-class Projector:
-    """Single active consumer of `settings.projector_queue` maintaining the read model.
+@dataclass(frozen=True, slots=True)
+class ProjectorConfig:
+    """The projector's knobs (PROJECTOR_* settings). `relay_name` names the relay checkpoint
+    that says how far the log is settled (app/contracts/eventlog.py)."""
 
-    Status for health and metrics: `connected`, `position` (applied), and the counters
-    `batches`, `duplicates`, `repaired` (events read from the log to fill transport gaps),
-    `unknown_events` (types this version does not know: skipped), `invalid_events` (log events
-    whose data does not decode: skipped), `parked`, `retries`, `reconnects`.
+    topology: Topology
+    relay_name: str
+    batch_size: int = 256
+    prefetch: int = 512
+    idle_check_s: float = 1.0
+
+
+class Projector:
+    """Single active consumer of `config.topology.projector_queue` maintaining the read model.
+
+    Status for health and metrics: `connected`, `position` (applied) and `counters`.
     """
 
     def __init__(
         self,
-        settings: Settings,
+        config: ProjectorConfig,
         pool: asyncpg.Pool,
         db: AsyncDatabase[dict[str, Any]],
+        connect_broker: BrokerConnect,
         applied: AppliedPosition,
         *,
         backoff_initial_s: float = 0.05,
         backoff_max_s: float = 2.0,
     ) -> None:
-        self._settings, self._pool, self._db = settings, pool, db
+        self._config, self._pool, self._db = config, pool, db
+        self._connect_broker = connect_broker
         self.applied = applied
         self._backoff = (backoff_initial_s, backoff_max_s)
         self._position: int | None = None
         self._reload = False
         self._idle_position = -1
         self.connected = False
-        self.batches = self.duplicates = self.repaired = 0
-        self.unknown_events = self.invalid_events = self.parked = 0
-        self.retries = self.reconnects = 0
+        self.counters = ProjectorCounters()
 
     @property
     def position(self) -> int:
@@ -86,24 +97,21 @@ class Projector:
                 # A bug or a surprise from a library must not stop the read model for good:
                 # the messages stay unacked and come back after the reconnect.
                 log.exception("projector failed unexpectedly, reconnecting")
-            self.reconnects += 1
+            self.counters.reconnects += 1
             await asyncio.sleep(backoff.next_delay())
 
     async def _start(self) -> int:
-        await readmodel.ensure_indexes(self._db)
-        return await readmodel.load_position(self._db)
+        await ensure_indexes(self._db)
+        return await applied_position(self._db)
 
     async def _consume(self, backoff: Backoff) -> None:
-        connection = await connect(self._settings)
+        connection = await self._connect_broker()
         try:
             channel = await connection.channel()
-            inbox = await subscribe(channel, self._settings)
+            inbox = await subscribe(channel, self._config.topology, self._config.prefetch)
             self.connected = True
             backoff.reset()
-            limit, idle_s = (
-                self._settings.projector_batch_size,
-                self._settings.projector_idle_check_s,
-            )
+            limit, idle_s = self._config.batch_size, self._config.idle_check_s
             while True:
                 batch = await take(inbox, limit, idle_s)
                 if batch:
@@ -123,7 +131,7 @@ class Projector:
             await self._park(channel, message, reason)
         last_tag = max(m.delivery_tag or 0 for m in batch)
         await channel.basic_ack(last_tag, multiple=True)
-        self.batches += 1
+        self.counters.batches += 1
         assert self._position is not None
         self.applied.advance(self._position)
 
@@ -141,7 +149,7 @@ class Projector:
             else:
                 ready.append(step)
         await self._store(ready)
-        self.duplicates += len(deliveries) - sum(not isinstance(s, Gap) for s in steps)
+        self.counters.duplicates += len(deliveries) - sum(not isinstance(s, Gap) for s in steps)
 
     async def _store(self, events: list[Decoded]) -> None:
         """Apply `events` (in order, after the applied position) and move past them. Raises
@@ -151,11 +159,11 @@ class Projector:
         await readmodel.apply_events(self._db, events, expected=self._position)
         self._position = events[-1].position
         for event in events:
-            if event.data is None and event.envelope.type in EVENT_TYPES:
-                self.invalid_events += 1
+            if event.skipped == "invalid-data":
+                self.counters.invalid_events += 1
                 log.error("projector skipped log event %d: data does not decode", event.position)
-            elif event.data is None:
-                self.unknown_events += 1
+            elif event.skipped == "unknown-type":
+                self.counters.unknown_events += 1
 
     async def _fill(self, gap: Gap) -> None:
         """Read the positions of `gap` from the log and apply them, a bounded chunk at a time
@@ -167,7 +175,7 @@ class Projector:
             async with self._pool.acquire() as conn:
                 events = repaired(Gap(after, through), await fetch_range(conn, after, through))
             await self._store(events)
-            self.repaired += len(events)
+            self.counters.repaired += len(events)
             after = through
 
     async def _repair_stall(self) -> None:
@@ -175,7 +183,7 @@ class Projector:
         the last ones of a burst have no successor. So when the stored position stood still
         for two idle checks in a row below the relay's checkpoint (everything up to it is
         published or proven dead), read the missing events from the log."""
-        stored = await readmodel.load_position(self._db)
+        stored = await applied_position(self._db)
         stalled, self._idle_position = stored == self._idle_position, stored
         if self._position is None or stored > self._position:
             self._position = stored  # another replica's projector applied them
@@ -185,7 +193,7 @@ class Projector:
         if not stalled:
             return
         async with self._pool.acquire() as conn:
-            settled = await settled_position(conn, self._settings.relay_name)
+            settled = await settled_position(conn, self._config.relay_name)
         if settled > stored:
             await self._fill(Gap(stored, settled))
             self.applied.advance(self._position)
@@ -193,7 +201,7 @@ class Projector:
     async def _reload_position(self) -> None:
         """After a storage failure trust the store, not memory: a store that crashed may have
         lost acknowledged writes; `meta` is written last, so it never claims a lost one."""
-        stored = await readmodel.load_position(self._db)
+        stored = await applied_position(self._db)
         if self._position is not None and stored < self._position:
             await self._reset_to(stored)
         self._position, self._reload = stored, False
@@ -206,7 +214,7 @@ class Projector:
         if stored == 0:
             log.warning("the read model was dropped: refilling it from the log")
             await readmodel.drop(self._db)
-            await readmodel.ensure_indexes(self._db)
+            await ensure_indexes(self._db)
         else:
             log.warning("the read model lost writes: re-applying from position %d", stored)
         self._position = stored
@@ -214,8 +222,8 @@ class Projector:
     async def _park(
         self, channel: aiormq.abc.AbstractChannel, message: Message, reason: str
     ) -> None:
-        await park(channel, message, reason, self._settings.parked_queue)
-        self.parked += 1
+        await park(channel, message, reason, self._config.topology.parked_queue)
+        self.counters.parked += 1
         log.warning("projector parked message %s: %s", message.header.properties.message_id, reason)
 
     async def _retry(self, attempt: Callable[[], Awaitable[T]]) -> T:
@@ -226,7 +234,7 @@ class Projector:
             try:
                 return await attempt()
             except _TRANSIENT as exc:
-                self.retries += 1
+                self.counters.retries += 1
                 self._reload = True
                 log.warning("projector storage failure, retrying: %r", exc)
             await asyncio.sleep(backoff.next_delay())

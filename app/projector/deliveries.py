@@ -1,14 +1,16 @@
 """What the projector receives, decoded, and the order in which it applies it.
 
-A delivery is an Envelope (DESIGN §5). `plan` turns a batch of deliveries into the steps that
-apply the log strictly in position order: duplicates dropped, reorderings undone, and a `Gap`
-wherever a delivery's `prev_position` says the transport lost something (read from the log).
+A delivery is an Envelope (docs/architecture.md §2). `plan` turns a batch of deliveries into
+the steps that apply the log strictly in position order: duplicates dropped, reorderings
+undone, and a `Gap` wherever a delivery's `prev_position` says the transport lost something
+(read from the log; docs/architecture.md §6).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Literal
 
 import msgspec
 
@@ -26,10 +28,16 @@ class Undecodable(ValueError):
         self.reason = reason
 
 
+# Why a delivery has no data: a type this version does not know (from a newer producer), or a
+# log event of a known type whose data does not match it.
+Skipped = Literal["unknown-type", "invalid-data"]
+
+
 @dataclass(frozen=True, slots=True)
 class Decoded:
     envelope: Envelope
-    data: EventData | None  # None: not projected (a type this version does not know)
+    data: EventData | None  # None exactly when `skipped` says why: nothing is projected
+    skipped: Skipped | None = None
 
     @property
     def position(self) -> int:
@@ -64,14 +72,14 @@ def decode_logged(event: LoggedEvent, prev_position: int) -> Decoded:
     try:
         return _with_data(envelope)
     except msgspec.ValidationError:
-        return Decoded(envelope, None)
+        return Decoded(envelope, None, "invalid-data")
 
 
 def _with_data(envelope: Envelope) -> Decoded:
     """The envelope with its data decoded; data None for a type this version does not know.
     Raises msgspec.ValidationError when the data does not match its known type."""
     if envelope.type not in EVENT_TYPES:
-        return Decoded(envelope, None)
+        return Decoded(envelope, None, "unknown-type")
     return Decoded(envelope, decode_data(envelope.type, envelope.data))
 
 

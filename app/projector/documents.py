@@ -28,7 +28,7 @@ Timestamps come from the events (never the clock), so a rebuild gives identical 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Final, Literal, NamedTuple
+from typing import Any, Final, NamedTuple
 
 from pymongo import UpdateOne
 
@@ -44,8 +44,7 @@ from app.contracts.events import (
     StockReleased,
     StockReserved,
 )
-
-CollectionName = Literal["orders", "products", "customers"]
+from app.contracts.readmodel import CollectionName
 
 
 class Write(NamedTuple):
@@ -61,8 +60,6 @@ class Write(NamedTuple):
 
 
 Projection = Callable[[Envelope, Any], list[Write]]
-
-COLLECTIONS: Final[tuple[CollectionName, ...]] = ("orders", "products", "customers")
 
 
 def _by_version(doc_id: str, version: int) -> dict[str, Any]:

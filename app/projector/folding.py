@@ -9,9 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from app.contracts.readmodel import Document
 from app.projector.documents import Write
-
-Document = dict[str, Any]
 
 
 def apply_write(document: Document | None, write: Write) -> Document | None:

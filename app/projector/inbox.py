@@ -12,8 +12,7 @@ import asyncio
 import aiormq.abc
 from pamqp import commands as spec
 
-from app.contracts.topology import declare_topology
-from app.plumbing.settings import Settings
+from app.contracts.topology import Topology, declare_topology
 from app.projector.deliveries import Decoded, Undecodable, decode_body
 
 Message = aiormq.abc.DeliveredMessage
@@ -25,17 +24,19 @@ class ConnectionLost(ConnectionError):
     """The AMQP channel closed while the projector was consuming."""
 
 
-async def subscribe(channel: aiormq.abc.AbstractChannel, settings: Settings) -> Inbox:
-    """Consume the projector queue (manual acks, `projector_prefetch` unacked at most)."""
+async def subscribe(
+    channel: aiormq.abc.AbstractChannel, topology: Topology, prefetch: int
+) -> Inbox:
+    """Consume the projector queue (manual acks, `prefetch` unacked at most)."""
     inbox: Inbox = asyncio.Queue()
-    await declare_topology(channel, settings)
-    await channel.basic_qos(prefetch_count=settings.projector_prefetch)
+    await declare_topology(channel, topology)
+    await channel.basic_qos(prefetch_count=prefetch)
     channel.closing.add_done_callback(lambda _: inbox.put_nowait(None))
 
     async def deliver(message: Message) -> None:
         inbox.put_nowait(message)
 
-    await channel.basic_consume(settings.projector_queue, deliver, no_ack=False)
+    await channel.basic_consume(topology.projector_queue, deliver, no_ack=False)
     return inbox
 
 

@@ -1,39 +1,22 @@
-"""The read model store: indexes, fenced batch writes, the applied position (full rebuilds:
-app.projector.rebuild)."""
+"""Writing the read model: fenced batch writes, then the applied position (names and indexes:
+app/contracts/readmodel.py; full rebuilds: app/projector/rebuild.py)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Final
+from typing import Final
 
-from pymongo import ASCENDING, DESCENDING, InsertOne, UpdateOne
+from pymongo import InsertOne, UpdateOne
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import BulkWriteError
 
+from app.contracts.readmodel import COLLECTIONS, META, META_ID, Document
 from app.projector.coalescing import coalesce
 from app.projector.deliveries import Decoded
-from app.projector.documents import COLLECTIONS, Write, project
+from app.projector.documents import Write, project
 
-Document = dict[str, Any]
-META: Final = "meta"
-META_ID: Final = "projection"
 _DUPLICATE_KEY: Final = 11000
-
-
-async def ensure_indexes(db: AsyncDatabase[Document]) -> None:
-    """Create the read model's indexes (idempotent; see app.projector.documents)."""
-    newest_first = [("placed_at", DESCENDING), ("_id", DESCENDING)]
-    await db.orders.create_index([("customer_id", ASCENDING), *newest_first])
-    await db.orders.create_index([("customer_id", ASCENDING), ("status", ASCENDING), *newest_first])
-    await db.products.create_index("sku", unique=True)
-    await db.products.create_index([("units_sold", DESCENDING), ("_id", ASCENDING)])
-
-
-async def load_position(db: AsyncDatabase[Document]) -> int:
-    """The applied position stored with the read model (0 for an empty one)."""
-    meta = await db[META].find_one({"_id": META_ID})
-    return int(meta["position"]) if meta else 0
 
 
 class ReadModelLost(RuntimeError):

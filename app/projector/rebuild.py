@@ -15,27 +15,28 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import sys
 from typing import Any
 
-import aiormq
 import asyncpg
-from pymongo import AsyncMongoClient, InsertOne, ReplaceOne
+from pymongo import InsertOne, ReplaceOne
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import PyMongoError
 
 from app.contracts.eventlog import fetch_after
-from app.contracts.topology import connect
-from app.plumbing.failures import POSTGRES_FAILURES
-from app.plumbing.settings import Settings
+from app.contracts.readmodel import (
+    COLLECTIONS,
+    META,
+    META_ID,
+    CollectionName,
+    Document,
+    ensure_indexes,
+)
 from app.projector.deliveries import decode_logged
-from app.projector.documents import COLLECTIONS, CollectionName, Write, project
+from app.projector.documents import Write, project
 from app.projector.folding import apply_write
-from app.projector.readmodel import META, META_ID, drop, ensure_indexes
+from app.projector.readmodel import drop
 
 log = logging.getLogger(__name__)
 
-Document = dict[str, Any]
 Key = tuple[CollectionName, Any]  # (collection, _id)
 
 
@@ -70,58 +71,6 @@ async def rebuild(pool: asyncpg.Pool, db: AsyncDatabase[Document], batch_size: i
     if position:
         await db[META].update_one({"_id": META_ID}, {"$max": {"position": position}}, upsert=True)
     return position
-
-
-def run(settings: Settings) -> int:
-    """CLI: rebuild `settings.mongo_db` from the log; 0 when done, 2 when a projector is
-    running (stop the service, or run it with PROJECTOR_ENABLED=false, first), 1 when a
-    store failed."""
-    try:
-        consumers = asyncio.run(_projector_consumers(settings))
-    except (aiormq.AMQPError, OSError) as exc:
-        print(f"cannot tell whether a projector is running (RabbitMQ): {exc!r}", file=sys.stderr)
-        return 1
-    if consumers:
-        print(
-            f"{consumers} projector(s) consume {settings.projector_queue!r}: stop them "
-            "(or run the service with PROJECTOR_ENABLED=false) before rebuilding",
-            file=sys.stderr,
-        )
-        return 2
-    try:
-        position = asyncio.run(_rebuild(settings))
-    except (*POSTGRES_FAILURES, PyMongoError) as exc:
-        print(
-            f"rebuild failed: {exc!r}; run it again (a read model left halfway claims no"
-            " position, so a projector started on it re-applies the log from 0)",
-            file=sys.stderr,
-        )
-        return 1
-    print(f"read model {settings.mongo_db!r} rebuilt up to log position {position}")
-    return 0
-
-
-async def _projector_consumers(settings: Settings) -> int:
-    connection = await connect(settings)
-    try:
-        channel = await connection.channel()
-        try:
-            declared = await channel.queue_declare(settings.projector_queue, passive=True)
-        except aiormq.ChannelNotFoundEntity:
-            return 0  # never declared: no projector ever ran against this broker
-        return declared.consumer_count or 0
-    finally:
-        await connection.close()
-
-
-async def _rebuild(settings: Settings) -> int:
-    pool = await asyncpg.create_pool(settings.database_url, min_size=1, max_size=2)
-    client: AsyncMongoClient[Document] = AsyncMongoClient(settings.mongo_url, tz_aware=True)
-    try:
-        return await rebuild(pool, client[settings.mongo_db])
-    finally:
-        await pool.close()
-        await client.close()
 
 
 class _Store:

@@ -5,21 +5,20 @@ from __future__ import annotations
 import re
 import uuid
 from collections.abc import Iterable
-from typing import Final, Literal, cast, get_args
+from typing import Final, cast
 
 from starlette.datastructures import QueryParams
 
+from app.contracts.events import CUSTOMER_ID_CHARS, CUSTOMER_ID_MAX, ORDER_STATUSES, OrderStatus
 from app.plumbing.problems import InvalidRequest, Problem
-
-OrderStatus = Literal["placed", "paid", "shipped", "cancelled"]
 
 MAX_LIMIT: Final = 100
 MAX_POSITION: Final = 2**63 - 1  # the event log's positions are PostgreSQL bigints
-_STATUSES: Final[frozenset[str]] = frozenset(get_args(OrderStatus))
+_STATUSES: Final[frozenset[str]] = frozenset(ORDER_STATUSES)
 # fullmatch, not `$`: `$` also matches before a trailing newline
 _DIGITS = re.compile(r"[0-9]{1,19}")
 _UUID = re.compile(r"[0-9a-fA-F]{8}-(?:[0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}")
-_CUSTOMER_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@\-]{0,63}")
+_CUSTOMER_ID = re.compile(CUSTOMER_ID_CHARS)
 
 
 class NotFound(Problem):
@@ -90,6 +89,6 @@ def uuid_id(raw: str, what: str) -> str:
 
 def customer_id(raw: str) -> str:
     """A customer id as the command API accepts it; 404 otherwise."""
-    if not _CUSTOMER_ID.fullmatch(raw):
+    if len(raw) > CUSTOMER_ID_MAX or not _CUSTOMER_ID.fullmatch(raw):
         raise NotFound(f"no customer {raw!r}")
     return raw

@@ -6,31 +6,32 @@ a key or an operator. Pages fetch one item more than asked to know whether anoth
 
 from __future__ import annotations
 
-from typing import Any, Final
+from typing import Any
 
-from pymongo.asynchronous.database import AsyncDatabase
-
+from app.contracts.events import OrderStatus
+from app.contracts.readmodel import (
+    BEST_SELLING,
+    BY_SKU,
+    CUSTOMERS,
+    NEWEST_FIRST,
+    ORDERS,
+    PRODUCTS,
+    Db,
+    Document,
+)
 from app.queries.cursors import OrderCursor, ProductCursor
-from app.queries.params import OrderStatus
-
-Db = AsyncDatabase[dict[str, Any]]
-Document = dict[str, Any]
-
-_NEWEST_FIRST: Final = [("placed_at", -1), ("_id", -1)]
-_BY_SKU: Final = [("sku", 1)]
-_BEST_SELLING: Final = [("units_sold", -1), ("_id", 1)]
 
 
 async def find_order(db: Db, order_id: str) -> Document | None:
-    return await db["orders"].find_one({"_id": order_id})
+    return await db[ORDERS].find_one({"_id": order_id})
 
 
 async def find_product(db: Db, product_id: str) -> Document | None:
-    return await db["products"].find_one({"_id": product_id})
+    return await db[PRODUCTS].find_one({"_id": product_id})
 
 
 async def find_customer(db: Db, customer_id: str) -> Document | None:
-    return await db["customers"].find_one({"_id": customer_id})
+    return await db[CUSTOMERS].find_one({"_id": customer_id})
 
 
 async def customer_orders(
@@ -46,7 +47,7 @@ async def customer_orders(
             {"placed_at": {"$lt": after.placed_at}},
             {"placed_at": after.placed_at, "_id": {"$lt": after.order_id}},
         ]
-    documents = await db["orders"].find(query, sort=_NEWEST_FIRST, limit=limit + 1).to_list()
+    documents = await db[ORDERS].find(query, sort=NEWEST_FIRST, limit=limit + 1).to_list()
     if len(documents) <= limit:
         return documents, None
     last = documents[limit - 1]
@@ -58,7 +59,7 @@ async def products(
 ) -> tuple[list[Document], ProductCursor | None]:
     """Products by sku ascending (the unique sku index); the cursor of the next page or None."""
     query: dict[str, Any] = {} if after is None else {"sku": {"$gt": after.sku}}
-    documents = await db["products"].find(query, sort=_BY_SKU, limit=limit + 1).to_list()
+    documents = await db[PRODUCTS].find(query, sort=BY_SKU, limit=limit + 1).to_list()
     if len(documents) <= limit:
         return documents, None
     return documents[:limit], ProductCursor(sku=documents[limit - 1]["sku"])
@@ -66,4 +67,4 @@ async def products(
 
 async def top_products(db: Db, limit: int) -> list[Document]:
     """The best sellers: units sold descending, ties by id (the (units_sold, _id) index)."""
-    return await db["products"].find({}, sort=_BEST_SELLING, limit=limit).to_list()
+    return await db[PRODUCTS].find({}, sort=BEST_SELLING, limit=limit).to_list()

@@ -20,6 +20,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from app.contracts.readmodel import Db
 from app.plumbing.problems import Problem, ServiceUnavailable
 from app.queries import documents, reads
 from app.queries.cursors import C, OrderCursor, ProductCursor, decode_cursor, encode_cursor
@@ -35,7 +36,7 @@ READ_POSITION: Final = "X-Read-Position"
 class QueryContext:
     """What the query endpoints need, built by the composition root."""
 
-    db: reads.Db
+    db: Db
     waiter: Waiter
     read_wait_max_s: float
     read_timeout_s: float = 5.0  # bounds each Mongo read, so a hung server answers 503 in time
@@ -51,7 +52,7 @@ class Reading:
         self.position: int | None = None
 
     @contextlib.asynccontextmanager
-    async def applied(self) -> AsyncIterator[reads.Db]:
+    async def applied(self) -> AsyncIterator[Db]:
         """Waits until `after` is applied (503 past the bound), then yields the database with
         every read inside bounded by `read_timeout_s`. Parse everything before entering, so a
         bad request is refused without waiting."""

@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import math
-from typing import Any, Final, Protocol
+from typing import Any, Protocol
 
 import pymongo
 from pymongo.asynchronous.database import AsyncDatabase
 
+from app.contracts.readmodel import applied_position
 from app.plumbing.problems import ServiceUnavailable
-
-META_COLLECTION: Final = "meta"
-META_ID: Final = "projection"
 
 
 class Waiter(Protocol):
@@ -40,7 +38,7 @@ class MongoPositionWaiter:
     """
 
     def __init__(self, db: AsyncDatabase[dict[str, Any]], poll_interval: float) -> None:
-        self._meta = db[META_COLLECTION]
+        self._db = db
         self._poll_interval = poll_interval
         self._current = 0
         self._read_at = -math.inf
@@ -69,11 +67,9 @@ class MongoPositionWaiter:
                 return
             # a hung Mongo must not hold the request past its wait bound
             with pymongo.timeout(max(deadline - loop.time(), self._poll_interval)):
-                meta = await self._meta.find_one({"_id": META_ID}, {"position": 1})
+                position = await applied_position(self._db)
             self._read_at = loop.time()
-        position = meta.get("position") if meta else None
-        if isinstance(position, int) and position > self._current:
-            self._current = position
+        self._current = max(self._current, position)
 
 
 async def wait_until_applied(waiter: Waiter, after: int, max_wait_s: float) -> int:

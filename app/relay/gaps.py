@@ -1,4 +1,5 @@
-"""Deciding which missing log positions the relay may pass (DESIGN §4), as pure state.
+"""Deciding which missing log positions the relay may pass, as pure state
+(docs/architecture.md §4).
 
 A position is drawn inside a transaction that already owns a transaction id (the events
 trigger takes it before `nextval`), and the sequence hands positions out in time order. So when

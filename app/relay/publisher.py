@@ -21,7 +21,7 @@ class PublishFailed(Exception):
 
 
 def message_body(event: LoggedEvent, prev_position: int) -> bytes:
-    """The envelope of DESIGN §5 as JSON."""
+    """The envelope of docs/architecture.md §2 as JSON."""
     return _encoder.encode(event.envelope(prev_position))
 
 

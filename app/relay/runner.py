@@ -1,5 +1,6 @@
-"""The relay (DESIGN §4, §5): publishes the committed event log to the broker in position order,
-never skipping a late commit, with windowed publisher confirms; one leader per relay name.
+"""The relay (docs/architecture.md §4, §5): publishes the committed event log to the broker in
+position order, never skipping a late commit, with windowed publisher confirms; one leader per
+relay name.
 
 Shape of a run: elect (advisory lock on a dedicated PostgreSQL session) → lead: connect to the
 broker, declare the topology, then loop read → plan (app.relay.gaps) → publish → checkpoint.
@@ -15,15 +16,16 @@ import contextlib
 import logging
 import random
 from collections.abc import Coroutine
+from dataclasses import dataclass
 from typing import Any
 
 import aiormq
 import aiormq.abc
 import aiormq.exceptions
 
-from app.contracts.topology import connect, declare_topology
+from app.contracts.topology import Topology, declare_topology
 from app.plumbing.backoff import Backoff
-from app.plumbing.settings import Settings
+from app.plumbing.resources import BrokerConnect, PostgresConnect
 from app.relay.gaps import GapProof, GapTracker
 from app.relay.publisher import ConfirmWindow, PublishFailed
 from app.relay.session import RelaySession, SessionFailed
@@ -45,17 +47,38 @@ _BROKER_ERRORS = (
 )
 
 
+@dataclass(frozen=True, slots=True)
+class RelayConfig:
+    """The relay's knobs (RELAY_* settings); `timeout_s` bounds its session's connect and
+    queries, so a hung leader is noticed."""
+
+    name: str
+    topology: Topology
+    batch_size: int = 1000
+    confirm_window: int = 256
+    poll_interval_s: float = 0.2
+    timeout_s: float = 10.0
+
+
 class Relay:
-    """Publishes `events` to `settings.exchange` until cancelled.
+    """Publishes the log to `config.topology.exchange` until cancelled.
 
     `wakeup` is set by the write side after each local commit; without it the relay polls
-    every `settings.relay_poll_interval_s` (commits from other replicas). Status for health
+    every `config.poll_interval_s` (commits from other replicas). Status for health
     and metrics: `is_leader`, `connected` (to the broker, while leading), `published_position`
     (highest position confirmed by the broker with all its predecessors), `waiting_on_gap`
     (the missing position it is proving, if any)."""
 
-    def __init__(self, settings: Settings, wakeup: asyncio.Event) -> None:
-        self._settings = settings
+    def __init__(
+        self,
+        config: RelayConfig,
+        connect_postgres: PostgresConnect,
+        connect_broker: BrokerConnect,
+        wakeup: asyncio.Event,
+    ) -> None:
+        self._config = config
+        self._connect_postgres = connect_postgres
+        self._connect_broker = connect_broker
         self._wakeup = wakeup
         self.is_leader = False
         self.connected = False
@@ -83,12 +106,12 @@ class Relay:
 
     @property
     def _name(self) -> str:
-        return self._settings.relay_name
+        return self._config.name
 
     async def _elect_and_lead(self, backoff: Backoff) -> None:
         self._lost_lead = False
         session = await RelaySession.open(
-            self._settings.database_url, self._name, self._settings.command_timeout_s
+            self._connect_postgres, self._name, self._config.timeout_s
         )
         self.lock_session_pid = session.pid
         try:
@@ -134,15 +157,15 @@ class Relay:
     async def _publish_via_broker(
         self, session: RelaySession, tracker: GapTracker, backoff: Backoff
     ) -> None:
-        connection = await connect(self._settings)
+        connection = await self._connect_broker()
         self.broker_connection = connection
         try:
             channel = await connection.channel(publisher_confirms=True)
-            await declare_topology(channel, self._settings)
+            await declare_topology(channel, self._config.topology)
             self.connected = True
             backoff.reset()
             window = ConfirmWindow(
-                channel, self._settings.exchange, self._settings.relay_confirm_window
+                channel, self._config.topology.exchange, self._config.confirm_window
             )
             window.confirmed = self.published_position
             try:
@@ -164,7 +187,7 @@ class Relay:
     ) -> None:
         """Publish whatever the log allows, forever; returns only by raising."""
         last = self.published_position
-        size = self._settings.relay_batch_size
+        size = self._config.batch_size
         while True:
             self._wakeup.clear()
             xids = tracker.xids_to_await()
@@ -203,7 +226,7 @@ class Relay:
         try:
             await asyncio.wait(
                 [waiter, closing],
-                timeout=self._settings.relay_poll_interval_s,
+                timeout=self._config.poll_interval_s,
                 return_when=asyncio.FIRST_COMPLETED,
             )
         finally:

@@ -14,8 +14,14 @@ from collections.abc import AsyncIterator, Iterable
 
 import asyncpg
 
-from app.contracts.eventlog import SnapshotBatch, fetch_after_in_snapshot
+from app.contracts.eventlog import (
+    SnapshotBatch,
+    advance_checkpoint,
+    fetch_after_in_snapshot,
+    settled_position,
+)
 from app.plumbing.failures import POSTGRES_FAILURES
+from app.plumbing.resources import PostgresConnect
 
 
 def lock_key(relay_name: str) -> int:
@@ -28,13 +34,6 @@ class SessionFailed(Exception):
     """The relay's PostgreSQL session ended or a query on it failed. Either way the relay
     drops the session, and with it any leadership it held, and starts over."""
 
-
-_SAVE = (
-    "INSERT INTO relay_checkpoints AS c (name, position, updated_at) VALUES ($1, $2, now())"
-    " ON CONFLICT ON CONSTRAINT relay_checkpoints_pkey DO UPDATE"
-    " SET position = excluded.position, updated_at = excluded.updated_at"
-    " WHERE c.position < excluded.position"
-)
 
 _ALL_ENDED = (
     "SELECT coalesce(bool_and(pg_xact_status(x::text::xid8) IS DISTINCT FROM 'in progress'),"
@@ -55,10 +54,12 @@ class RelaySession:
         conn.add_termination_listener(lambda _: self.lost.set())
 
     @classmethod
-    async def open(cls, dsn: str, relay_name: str, timeout_s: float) -> RelaySession:
+    async def open(
+        cls, connect: PostgresConnect, relay_name: str, timeout_s: float
+    ) -> RelaySession:
         """Connect; raises SessionFailed when PostgreSQL is unreachable."""
         try:
-            conn = await asyncpg.connect(dsn, timeout=timeout_s)
+            conn = await connect(timeout_s)
         except POSTGRES_FAILURES as exc:
             raise SessionFailed(f"cannot connect to PostgreSQL: {exc!r}") from exc
         return cls(conn, relay_name, timeout_s)
@@ -104,17 +105,12 @@ class RelaySession:
 
     async def load_checkpoint(self) -> int:
         async with self._use() as conn:
-            position: int | None = await conn.fetchval(
-                "SELECT position FROM relay_checkpoints WHERE name = $1",
-                self._name,
-                timeout=self._timeout,
-            )
-            return position or 0
+            return await settled_position(conn, self._name, self._timeout)
 
     async def save_checkpoint(self, position: int) -> None:
         """Move the checkpoint forward to `position`; idempotent, never moves it back."""
         async with self._use() as conn:
-            await conn.execute(_SAVE, self._name, position, timeout=self._timeout)
+            await advance_checkpoint(conn, self._name, position, self._timeout)
 
     async def read(self, after: int, limit: int) -> SnapshotBatch:
         async with self._use() as conn:

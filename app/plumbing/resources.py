@@ -1,0 +1,106 @@
+"""The connections every entry point opens, each with one set of options: the PostgreSQL pool,
+the MongoDB client, and factories for broker connections and dedicated PostgreSQL sessions.
+
+`serve` (app/main.py), `verify`, `rebuild` and every later command take them from here, so a
+timeout or a pool option is set in one place. The relay and the projector get the factories,
+never the settings they are made from.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Final
+
+import aiormq
+import aiormq.abc
+import asyncpg
+from pymongo import AsyncMongoClient
+from pymongo.asynchronous.database import AsyncDatabase
+
+from app.plumbing.settings import Settings
+
+BrokerConnect = Callable[[], Awaitable[aiormq.abc.AbstractConnection]]
+# a dedicated PostgreSQL session (not pooled), bounded by the given connect timeout in seconds
+PostgresConnect = Callable[[float], Awaitable[asyncpg.Connection]]
+
+MONGO_SERVER_SELECTION_TIMEOUT_MS: Final = 5000
+
+
+async def connect_broker(settings: Settings) -> aiormq.abc.AbstractConnection:
+    """One AMQP connection; raises aiormq.AMQPConnectionError or OSError when unreachable."""
+    connection: aiormq.abc.AbstractConnection = await aiormq.connect(settings.amqp_url)
+    return connection
+
+
+async def connect_postgres(settings: Settings, timeout_s: float) -> asyncpg.Connection:
+    """One PostgreSQL session of its own; raises OSError or asyncpg errors when unreachable."""
+    conn: asyncpg.Connection = await asyncpg.connect(settings.database_url, timeout=timeout_s)
+    return conn
+
+
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """Pool release without asyncpg's reset query (unlock advisory locks, CLOSE ALL, UNLISTEN,
+    RESET ALL): pooled connections never take session state, and that query was one more round
+    trip per command. asyncpg still rolls back a transaction left open."""
+
+
+async def open_pool(
+    settings: Settings, *, min_size: int | None = None, max_size: int | None = None
+) -> asyncpg.Pool:
+    """The PostgreSQL pool (DB_POOL_MIN/DB_POOL_MAX unless a command needs fewer)."""
+    pool = await asyncpg.create_pool(
+        settings.database_url,
+        min_size=settings.db_pool_min if min_size is None else min_size,
+        max_size=settings.db_pool_max if max_size is None else max_size,
+        reset=_keep_session,
+    )
+    assert pool is not None
+    return pool
+
+
+def mongo_client(settings: Settings) -> AsyncMongoClient[dict[str, Any]]:
+    """The MongoDB client: aware datetimes, and an unreachable server noticed within seconds."""
+    return AsyncMongoClient(
+        settings.mongo_url,
+        tz_aware=True,
+        serverSelectionTimeoutMS=MONGO_SERVER_SELECTION_TIMEOUT_MS,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Resources:
+    """What an entry point works with; `db` is the read model database of the settings."""
+
+    settings: Settings
+    pool: asyncpg.Pool
+    mongo: AsyncMongoClient[dict[str, Any]]
+    db: AsyncDatabase[dict[str, Any]]
+    connect_broker: BrokerConnect
+    connect_postgres: PostgresConnect
+
+
+@contextlib.asynccontextmanager
+async def open_resources(
+    settings: Settings, *, pool_min: int | None = None, pool_max: int | None = None
+) -> AsyncIterator[Resources]:
+    """Open the pool and the Mongo client, yield them with the connection factories, and close
+    both on the way out (in reverse)."""
+    pool = await open_pool(settings, min_size=pool_min, max_size=pool_max)
+    try:
+        mongo = mongo_client(settings)
+        try:
+            yield Resources(
+                settings=settings,
+                pool=pool,
+                mongo=mongo,
+                db=mongo[settings.mongo_db],
+                connect_broker=functools.partial(connect_broker, settings),
+                connect_postgres=functools.partial(connect_postgres, settings),
+            )
+        finally:
+            await mongo.close()
+    finally:
+        await pool.close()
