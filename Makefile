@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 SRC    := $(wildcard app tests bench loadtest)
 
-.PHONY: install run test check format bench clean
+.PHONY: install run test test-fast check format bench clean
 
 install: $(STAMP)
 
@@ -18,8 +18,11 @@ $(STAMP): pyproject.toml
 run: $(STAMP)  ## migrate and serve on :8000 (starts a local SecantusDB unless MONGO_URL is set)
 	PATH="$(CURDIR)/$(BIN):$$PATH" scripts/run-local
 
-test: $(STAMP)  ## unit, integration and end-to-end tests against the real services
-	$(BIN)/pytest
+test: $(STAMP)  ## unit, integration and end-to-end tests against the real services, branch coverage of app/
+	$(BIN)/pytest --cov=app --cov-branch --cov-report=term:skip-covered
+
+test-fast: $(STAMP)  ## the inner loop: unit and quick integration tests (not the slow ones)
+	$(BIN)/pytest -q -m "not slow" tests/unit tests/integration
 
 check: $(STAMP)  ## formatting, lint and types
 	$(BIN)/ruff format --check $(SRC)
@@ -34,4 +37,4 @@ bench: $(STAMP)  ## measure against this machine's ceilings (BENCH_QUICK=1 for a
 	$(BIN)/python -m bench
 
 clean:
-	rm -rf $(VENV) .secantus .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) .secantus .mypy_cache .ruff_cache .pytest_cache .coverage

@@ -22,6 +22,8 @@ import uvloop
 from pymongo import AsyncMongoClient
 from pymongo.asynchronous.database import AsyncDatabase
 
+from app.contracts.readmodel import applied_position
+from app.plumbing.localstore import LocalStore
 from app.plumbing.settings import Settings
 from bench import http_load, readstore, rebuild, report, scenarios
 from bench.http_load import LoadResult
@@ -58,7 +60,7 @@ class Running:
     orders: scenarios.Orders
     app: Process
     port: int
-    store: Process | None  # the read store's server, when the bench started it
+    store: LocalStore | None  # the read store's server, when the bench started it
     settings: Settings
 
     async def steady_rate(
@@ -88,8 +90,7 @@ async def _catch_up(pool: asyncpg.Pool, db: AsyncDatabase[dict[str, Any]], withi
     head: int = await pool.fetchval("SELECT coalesce(max(position), 0) FROM events")
     deadline = time.monotonic() + within_s
     while True:
-        meta = await db["meta"].find_one({"_id": "projection"})
-        applied = int(meta["position"]) if meta else 0
+        applied = await applied_position(db)
         if applied >= head or time.monotonic() > deadline:
             return max(0, head - applied)
         await asyncio.sleep(0.05)
@@ -100,14 +101,9 @@ async def _drain_rate(
 ) -> tuple[int, float | None]:
     """Like _catch_up, plus the projector's apply rate while it drained the backlog (events/s;
     None when there was nothing to drain): its sustainable rate on this read store."""
-    meta = await db["meta"].find_one({"_id": "projection"})
-    applied_from, started = (int(meta["position"]) if meta else 0), time.monotonic()
+    applied_from, started = await applied_position(db), time.monotonic()
     behind = await _catch_up(pool, db, within_s)
-    meta = await db["meta"].find_one({"_id": "projection"})
-    drained, elapsed = (
-        (int(meta["position"]) if meta else 0) - applied_from,
-        time.monotonic() - started,
-    )
+    drained, elapsed = await applied_position(db) - applied_from, time.monotonic() - started
     return behind, (drained / elapsed if drained > 1000 and elapsed > 0.5 else None)
 
 

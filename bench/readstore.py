@@ -22,10 +22,11 @@ import asyncpg
 from pymongo import AsyncMongoClient, InsertOne, UpdateOne
 
 from app.contracts.eventlog import fetch_after
+from app.contracts.readmodel import COLLECTIONS, ensure_indexes
 from app.projector import readmodel
 from app.projector.coalescing import coalesce
 from app.projector.deliveries import decode_logged
-from app.projector.documents import COLLECTIONS, Write, project
+from app.projector.documents import Write, project
 
 Operations = list[tuple[str, list[InsertOne[dict[str, Any]] | UpdateOne]]]
 
@@ -77,7 +78,7 @@ async def run(
     """Replay the first `limit` events of the log at `dsn` into `scratch_db` as raw writes."""
     batches, events, orders = await _batches(dsn, limit, batch_size)
     db = mongo[scratch_db]
-    await readmodel.ensure_indexes(db)
+    await ensure_indexes(db)
     started = time.perf_counter()
     for batch in batches:
         for name, operations in batch:

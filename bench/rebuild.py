@@ -17,8 +17,7 @@ from typing import Any
 import asyncpg
 from pymongo import AsyncMongoClient
 
-from app.projector import readmodel
-from app.projector.documents import COLLECTIONS
+from app.contracts.readmodel import COLLECTIONS, META, ensure_indexes
 from app.projector.rebuild import rebuild
 
 _BATCH = 1000
@@ -77,10 +76,10 @@ async def run(
         rebuild_s = time.perf_counter() - started
     finally:
         await pool.close()
-    documents = {name: await target[name].find({}).to_list() for name in (*COLLECTIONS, "meta")}
+    documents = {name: await target[name].find({}).to_list() for name in (*COLLECTIONS, META)}
     raw = mongo[raw_db]
     started = time.perf_counter()
-    await readmodel.ensure_indexes(raw)
+    await ensure_indexes(raw)
     for name, docs in documents.items():
         for start in range(0, len(docs), _BATCH):
             await raw[name].insert_many(docs[start : start + _BATCH], ordered=False)

@@ -29,10 +29,10 @@ if __package__ in (None, ""):  # run as a script: make `app` importable
 from app.contracts.eventlog import fetch_after
 from app.contracts.events import routing_key
 from app.contracts.topology import delete_topology
+from app.main import relay_for
 from app.plumbing.migrate import migrate
 from app.plumbing.settings import Settings
 from app.relay.publisher import message_body, message_properties
-from app.relay.runner import Relay
 
 RESULTS = Path(__file__).resolve().parent / "results" / "relay.json"
 
@@ -63,7 +63,7 @@ async def _fill(dsn: str, events: int) -> int:
 
 async def _drain_with_relay(settings: Settings, last: int) -> float:
     """Seconds from start until the relay has every event confirmed."""
-    relay = Relay(settings, asyncio.Event())
+    relay = relay_for(settings, asyncio.Event())
     started = time.perf_counter()
     task = asyncio.create_task(relay.run())
     try:

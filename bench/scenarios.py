@@ -24,7 +24,8 @@ from app.commands.order_rules import LineRequest, PlaceOrder
 from app.commands.orders import place_order
 from app.commands.outbox import EventMetadata
 from app.commands.products import CreateProduct, create_product
-from app.contracts import topology as broker
+from app.plumbing.localstore import LocalStore
+from app.plumbing.resources import connect_broker
 from app.plumbing.settings import Settings
 from bench import http_load
 from bench.http_load import LoadResult
@@ -202,7 +203,7 @@ class BrokerWatch:
 
     @contextlib.asynccontextmanager
     async def watching(self) -> AsyncIterator[BrokerWatch]:
-        connection = await broker.connect(self._settings)
+        connection = await connect_broker(self._settings)
         try:
             channel = await connection.channel()
             queue = (await channel.queue_declare("", exclusive=True, auto_delete=True)).queue
@@ -229,7 +230,7 @@ class SteadyRun:
 
 
 async def steady_rate(
-    port: int, app: Process, store: Process | None, settings: Settings, orders: Orders,
+    port: int, app: Process, store: LocalStore | None, settings: Settings, orders: Orders,
     rate: float, duration_s: float, tail_s: float,
 ) -> SteadyRun:  # fmt: skip
     """Open-loop orders at `rate`: the lag from each 201 until the read model has applied its

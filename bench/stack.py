@@ -11,9 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -29,17 +27,12 @@ import asyncpg
 from pymongo import AsyncMongoClient
 
 from app.contracts import topology as broker
+from app.plumbing.localstore import LocalStore, free_port
 from app.plumbing.migrate import migrate
+from app.plumbing.resources import connect_broker
 from app.plumbing.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 async def wait_for_port(port: int, process: subprocess.Popen[bytes], within_s: float) -> None:
@@ -115,7 +108,7 @@ class Stack:
     settings: Settings
     admin_dsn: str
     exits: contextlib.AsyncExitStack
-    store: Process | None  # the SecantusDB server started here; None on MONGO_URL
+    store: LocalStore | None  # the SecantusDB server started here; None on MONGO_URL
 
     def mongo_client(self) -> AsyncMongoClient[dict[str, Any]]:
         """A new client of the stack's Mongo server; the caller closes it."""
@@ -193,24 +186,11 @@ async def _drop_database(admin_dsn: str, name: str) -> None:
 
 
 async def _delete_topology(settings: Settings) -> None:
-    connection = await broker.connect(settings)
+    connection = await connect_broker(settings)
     try:
         await broker.delete_topology(await connection.channel(), settings)
     finally:
         await connection.close()
-
-
-async def _secantus(exits: contextlib.AsyncExitStack) -> tuple[str, Process]:
-    storage = tempfile.mkdtemp(prefix="secantus-bench-")
-    exits.callback(shutil.rmtree, storage, ignore_errors=True)
-    port = free_port()
-    process = Process(
-        [sys.executable, "-m", "secantus", "--port", str(port), "--storage-path", storage],
-        os.environ,
-    )
-    exits.callback(process.stop)
-    await wait_for_port(port, process.popen, within_s=30)
-    return f"mongodb://127.0.0.1:{port}", process
 
 
 @contextlib.asynccontextmanager
@@ -220,10 +200,13 @@ async def stack() -> AsyncIterator[Stack]:
     tag = uuid.uuid4().hex[:10]
     database = f"shop_bench_{tag}"
     async with contextlib.AsyncExitStack() as exits:
-        store: Process | None = None
+        store: LocalStore | None = None
         mongo_url = os.environ.get("MONGO_URL", "")
         if not mongo_url:
-            mongo_url, store = await _secantus(exits)
+            store = LocalStore()
+            await asyncio.to_thread(store.start)
+            exits.callback(store.close)
+            mongo_url = store.url
         settings = replace(
             base,
             database_url=_dsn(base.database_url, database),

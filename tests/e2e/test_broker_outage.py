@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import replace
@@ -18,12 +17,11 @@ from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 import pytest
-from pymongo import AsyncMongoClient
 
-from app.contracts import topology as broker
 from app.operations.verify import verify
 from app.plumbing.settings import Settings
-from tests.conftest import ServerFactory, _free_port
+from tests.support.servers import ServerFactory, free_port, http_client
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.slow
 
@@ -34,7 +32,7 @@ class Proxy:
 
     def __init__(self, target: tuple[str, int]) -> None:
         self.target = target
-        self.port = _free_port()
+        self.port = free_port()
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
 
@@ -73,29 +71,16 @@ async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
 
 
 @pytest.fixture
-async def proxied(
-    settings: Settings, fresh_database_url: str
-) -> AsyncIterator[tuple[Settings, Proxy]]:
-    parts = urlsplit(settings.amqp_url)
+async def proxied(stack: Settings) -> AsyncIterator[tuple[Settings, Proxy]]:
+    """The stack with its broker behind a proxy (the `stack` fixture removes it, through the
+    real broker URL, afterwards)."""
+    parts = urlsplit(stack.amqp_url)
     proxy = Proxy((parts.hostname or "127.0.0.1", parts.port or 5672))
     await proxy.restore()
     netloc = f"{parts.username}:{parts.password}@127.0.0.1:{proxy.port}"
-    stack = replace(
-        settings,
-        database_url=fresh_database_url,
-        amqp_url=urlunsplit(parts._replace(netloc=netloc)),
-        relay_enabled=True,
-        projector_enabled=True,
-    )
-    yield stack, proxy
+    yield replace(stack, amqp_url=urlunsplit(parts._replace(netloc=netloc))), proxy
     with contextlib.suppress(AssertionError):
         await proxy.cut()
-    connection = await broker.connect(settings)
-    await broker.delete_topology(await connection.channel(), stack)
-    await connection.close()
-    mongo: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(stack.mongo_url)
-    await mongo.drop_database(stack.mongo_db)
-    await mongo.close()
 
 
 async def _order(http: httpx.AsyncClient, product_id: str, customer: str) -> dict[str, Any]:
@@ -109,10 +94,10 @@ async def _order(http: httpx.AsyncClient, product_id: str, customer: str) -> dic
 
 
 async def _until_metric(http: httpx.AsyncClient, line: str) -> None:
-    deadline = time.monotonic() + 15
-    while line not in (await http.get("/metrics")).text.splitlines():
-        assert time.monotonic() < deadline, f"/metrics never showed {line!r}"
-        await asyncio.sleep(0.05)
+    async def shown() -> bool:
+        return line in (await http.get("/metrics")).text.splitlines()
+
+    await eventually(shown, within_s=15, what=f"/metrics to show {line!r}", interval_s=0.05)
 
 
 async def test_commands_succeed_during_a_broker_outage_and_nothing_is_lost(
@@ -125,7 +110,7 @@ async def test_commands_succeed_during_a_broker_outage_and_nothing_is_lost(
             for k in ("database_url", "amqp_url", "relay_enabled", "projector_enabled")
         }
     )
-    async with httpx.AsyncClient(base_url=server.url, timeout=30) as http:
+    async with http_client(server.url, timeout=30) as http:
         product = (
             await http.post(
                 "/products",
@@ -150,15 +135,15 @@ async def test_commands_succeed_during_a_broker_outage_and_nothing_is_lost(
         await proxy.restore()
 
         last = await _order(http, product, "after")
-        deadline = time.monotonic() + 60
-        while True:
+
+        async def caught_up() -> bool:
             response = await http.get(
                 f"/orders/{last['order_id']}", params={"after": last["position"]}
             )
-            if response.status_code == 200:
-                break
-            assert response.status_code == 503, response.text
-            assert time.monotonic() < deadline, "the pipeline did not catch up after the outage"
+            assert response.status_code in (200, 503), response.text
+            return response.status_code == 200
+
+        await eventually(caught_up, within_s=60, what="the pipeline to catch up after the outage")
         stock = (await http.get(f"/products/{product}")).json()["stock"]
     assert stock == 500 - 32
     report = await verify(stack, wait_s=30)

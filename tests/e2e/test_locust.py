@@ -12,16 +12,12 @@ import csv
 import signal
 import sys
 from collections.abc import AsyncIterator
-from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 import pytest
-from pymongo import AsyncMongoClient
 
-from app.contracts import topology as broker
 from app.plumbing.settings import Settings
-from tests.e2e.test_process import AppProcess
+from tests.support.servers import AppProcess
 
 pytestmark = pytest.mark.slow
 
@@ -29,11 +25,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
-async def app_url(settings: Settings, fresh_database_url: str) -> AsyncIterator[str]:
+async def app_url(stack: Settings) -> AsyncIterator[str]:
     """One `python -m app serve` with relay and projector on, on a fresh stack."""
-    stack = replace(
-        settings, database_url=fresh_database_url, relay_enabled=True, projector_enabled=True
-    )
     app = AppProcess(stack)
     try:
         await app.start()
@@ -42,12 +35,6 @@ async def app_url(settings: Settings, fresh_database_url: str) -> AsyncIterator[
         if app.process is not None:
             app.stop(signal.SIGKILL)
         app.log.close()
-        mongo: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(stack.mongo_url)
-        await mongo.drop_database(stack.mongo_db)
-        await mongo.close()
-        connection = await broker.connect(stack)
-        await broker.delete_topology(await connection.channel(), stack)
-        await connection.close()
 
 
 async def test_locust_mix_runs_without_failures(app_url: str, tmp_path: Path) -> None:

@@ -7,101 +7,21 @@ end `python -m app verify` must find the read model equal to the write side's tr
 from __future__ import annotations
 
 import asyncio
-import os
 import random
 import signal
 import subprocess
 import sys
-import tempfile
-import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
-from dataclasses import replace
-from typing import Any
+from collections.abc import Iterator
 
 import httpx
 import pytest
-from pymongo import AsyncMongoClient
 
-from app.contracts import topology as broker
 from app.plumbing.settings import Settings
-from tests.conftest import _free_port
+from tests.support.servers import AppProcess, app_env, http_client
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.slow
-
-
-def _env(settings: Settings, port: int) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_", "MONGO_"))}
-    env.update(
-        {
-            "DATABASE_URL": settings.database_url,
-            "AMQP_URL": settings.amqp_url,
-            "MONGO_URL": settings.mongo_url,
-            "MONGO_DB": settings.mongo_db,
-            "EXCHANGE": settings.exchange,
-            "PROJECTOR_QUEUE": settings.projector_queue,
-            "PARKED_QUEUE": settings.parked_queue,
-            "RELAY_NAME": settings.relay_name,
-            "HOST": "127.0.0.1",
-            "PORT": str(port),
-            "LOG_LEVEL": "info",
-        }
-    )
-    return env
-
-
-class AppProcess:
-    """One `python -m app serve` replica."""
-
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-        self.port = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.process: subprocess.Popen[bytes] | None = None
-        self.log = tempfile.TemporaryFile()  # noqa: SIM115 - closed in stop()
-
-    async def start(self) -> None:
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "app", "serve"],
-            env=_env(self.settings, self.port),
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-        )
-        deadline = time.monotonic() + 30
-        async with httpx.AsyncClient(base_url=self.url) as http:
-            while time.monotonic() < deadline:
-                assert self.process.poll() is None, "the app exited during start"
-                try:
-                    if (await http.get("/health/ready")).status_code == 200:
-                        return
-                except httpx.TransportError:
-                    pass
-                await asyncio.sleep(0.1)
-        raise AssertionError("the app did not start within 30 s")
-
-    def stop(self, sig: signal.Signals = signal.SIGTERM) -> int:
-        assert self.process is not None
-        if self.process.poll() is None:
-            self.process.send_signal(sig)
-        return self.process.wait(timeout=30)
-
-    def output(self) -> str:
-        self.log.seek(0)
-        return self.log.read().decode(errors="replace")
-
-
-@pytest.fixture
-async def stack(settings: Settings, fresh_database_url: str) -> AsyncIterator[Settings]:
-    stack_settings = replace(
-        settings, database_url=fresh_database_url, relay_enabled=True, projector_enabled=True
-    )
-    yield stack_settings
-    mongo: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(stack_settings.mongo_url)
-    await mongo.drop_database(stack_settings.mongo_db)
-    await mongo.close()
-    connection = await broker.connect(stack_settings)
-    await broker.delete_topology(await connection.channel(), stack_settings)
-    await connection.close()
 
 
 @pytest.fixture
@@ -123,7 +43,7 @@ async def _replica(stack: Settings, replicas: list[AppProcess]) -> AppProcess:
 def _verify(settings: Settings) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "app", "verify"],
-        env=_env(settings, 1),
+        env=app_env(settings, 1),
         capture_output=True,
         text=True,
         timeout=120,
@@ -131,12 +51,18 @@ def _verify(settings: Settings) -> subprocess.CompletedProcess[str]:
     )
 
 
-async def _traffic(url: str, products: list[str], count: int, seed: int) -> list[int]:
-    """Mixed commands; returns the positions of the successful ones. Transport errors (a
-    replica killed mid-request) are tolerated: the outcome of those is whatever committed."""
-    rng = random.Random(seed)
-    positions: list[int] = []
-    async with httpx.AsyncClient(base_url=url, timeout=30) as http:
+async def _traffic(
+    url: str,
+    products: list[str],
+    count: int,
+    rng: random.Random,
+    positions: list[int] | None = None,
+) -> list[int]:
+    """Mixed commands; returns (and appends to `positions`, as they come) the positions of the
+    successful ones. Transport errors (a replica killed mid-request) are tolerated: the
+    outcome of those is whatever committed."""
+    positions = [] if positions is None else positions
+    async with http_client(url, timeout=30) as http:
 
         async def one(i: int) -> None:
             try:
@@ -165,7 +91,7 @@ async def _traffic(url: str, products: list[str], count: int, seed: int) -> list
 
 
 async def _products(url: str, n: int = 5) -> list[str]:
-    async with httpx.AsyncClient(base_url=url, timeout=30) as http:
+    async with http_client(url, timeout=30) as http:
         created = [
             await http.post(
                 "/products",
@@ -182,21 +108,21 @@ async def _products(url: str, n: int = 5) -> list[str]:
 
 
 async def _caught_up(url: str, position: int) -> None:
-    async with httpx.AsyncClient(base_url=url, timeout=60) as http:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
+    async with http_client(url, timeout=60) as http:
+
+        async def reached() -> bool:
             response = await http.get("/reports/top-products", params={"after": position})
-            if response.status_code == 200:
-                return
-            await asyncio.sleep(0.2)
-    raise AssertionError(f"the read model did not reach position {position}")
+            return response.status_code == 200
+
+        what = f"the read model to reach position {position}"
+        await eventually(reached, within_s=60, what=what, interval_s=0.2)
 
 
 async def test_read_your_writes_through_the_whole_pipeline(
     stack: Settings, replicas: list[AppProcess]
 ) -> None:
     app = await _replica(stack, replicas)
-    async with httpx.AsyncClient(base_url=app.url, timeout=30) as http:
+    async with http_client(app.url, timeout=30) as http:
         product = (
             await http.post(
                 "/products",
@@ -227,41 +153,45 @@ async def test_read_your_writes_through_the_whole_pipeline(
 
 
 async def test_sigkill_and_restart_loses_nothing(
-    stack: Settings, replicas: list[AppProcess]
+    stack: Settings, replicas: list[AppProcess], rng: random.Random
 ) -> None:
     first = await _replica(stack, replicas)
     products = await _products(first.url)
-    burst = asyncio.create_task(_traffic(first.url, products, 150, seed=1))
-    await asyncio.sleep(1.0)
+    succeeded: list[int] = []
+    burst = asyncio.create_task(_traffic(first.url, products, 150, rng, succeeded))
+    await eventually(lambda: len(succeeded) >= 30, within_s=30, what="30 commands to succeed")
+    assert not burst.done(), "the traffic ended before the kill: nothing was in flight"
     first.stop(signal.SIGKILL)
     await burst
     again = await _replica(stack, replicas)
-    positions = await _traffic(again.url, products, 50, seed=2)
+    positions = await _traffic(again.url, products, 50, rng)
     await _caught_up(again.url, max(positions))
     result = _verify(stack)
     assert result.returncode == 0, result.stdout + result.stderr
 
 
 async def test_second_replica_takes_over_when_the_first_is_killed(
-    stack: Settings, replicas: list[AppProcess]
+    stack: Settings, replicas: list[AppProcess], rng: random.Random
 ) -> None:
     first = await _replica(stack, replicas)
     second = await _replica(stack, replicas)
     products = await _products(first.url)
     await asyncio.gather(
-        _traffic(first.url, products, 60, seed=3), _traffic(second.url, products, 60, seed=4)
+        _traffic(first.url, products, 60, rng), _traffic(second.url, products, 60, rng)
     )
     first.stop(signal.SIGKILL)
-    positions = await _traffic(second.url, products, 60, seed=5)
+    positions = await _traffic(second.url, products, 60, rng)
     await _caught_up(second.url, max(positions))
     result = _verify(stack)
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-async def test_sigterm_stops_cleanly(stack: Settings, replicas: list[AppProcess]) -> None:
+async def test_sigterm_stops_cleanly(
+    stack: Settings, replicas: list[AppProcess], rng: random.Random
+) -> None:
     app = await _replica(stack, replicas)
     products = await _products(app.url, 2)
-    positions = await _traffic(app.url, products, 20, seed=6)
+    positions = await _traffic(app.url, products, 20, rng)
     await _caught_up(app.url, max(positions))
     # uvicorn finishes in-flight requests and the lifespan, then re-raises the signal so the
     # parent sees a termination by SIGTERM

@@ -12,14 +12,14 @@ import asyncpg
 import pytest
 
 from app.plumbing.migrate import MIGRATIONS_DIR, MigrationError, discover, migrate
-from tests.conftest import _create_empty_database, _drop_database
+from tests.support.databases import create_empty_database, drop_database
 
 
 @pytest.fixture
 async def empty_database_url() -> AsyncIterator[str]:
-    name, dsn = await _create_empty_database()
+    name, dsn = await create_empty_database()
     yield dsn
-    await _drop_database(name)
+    await drop_database(name)
 
 
 async def _recorded(dsn: str) -> list[tuple[int, str]]:

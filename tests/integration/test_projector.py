@@ -7,13 +7,8 @@ import asyncio
 import contextlib
 import gc
 import random
-import shutil
-import subprocess
-import sys
-import tempfile
-import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import replace
 from typing import Any
 
@@ -27,23 +22,18 @@ from pymongo import AsyncMongoClient
 
 from app.contracts.eventlog import LoggedEvent
 from app.contracts.events import Envelope, routing_key
-from app.contracts.topology import connect, declare_topology, delete_topology
+from app.contracts.topology import declare_topology, delete_topology
+from app.main import projector_for
 from app.operations.verify import verify
+from app.plumbing.localstore import LocalStore
+from app.plumbing.resources import connect_broker
 from app.plumbing.settings import Settings
 from app.projector.applied import AppliedPosition
 from app.projector.consumer import Projector
-from tests.conftest import _free_port, _wait_for_port
-from tests.integration.test_projections_contract import envelopes, make_history
+from tests.support.histories import envelopes, make_history
+from tests.support.waiting import eventually
 
 Document = dict[str, Any]
-
-
-async def until(condition: Callable[[], bool], within_s: float = 30) -> None:
-    """Wait for `condition` with a deadline (used where no event can be awaited)."""
-    deadline = time.monotonic() + within_s
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.02)
 
 
 @pytest.fixture
@@ -52,14 +42,14 @@ async def env(settings: Settings, fresh_database_url: str) -> Settings:
 
 
 @pytest.fixture
-async def log(env: Settings) -> list[LoggedEvent]:
-    return await make_history(env.database_url, random.Random(uuid.uuid4().int), steps=60)
+async def log(env: Settings, rng: random.Random) -> list[LoggedEvent]:
+    return await make_history(env.database_url, rng, steps=60)
 
 
 @pytest.fixture
 async def channel(env: Settings) -> AsyncIterator[aiormq.abc.AbstractChannel]:
     """A publishing channel; the test's broker objects are deleted afterwards."""
-    connection = await connect(env)
+    connection = await connect_broker(env)
     channel = await connection.channel()
     await declare_topology(channel, env)
     yield channel
@@ -91,7 +81,7 @@ class Projectors:
             serverSelectionTimeoutMS=1000,
             socketTimeoutMS=10_000,
         )
-        projector = Projector(
+        projector = projector_for(
             settings or self.env, self.pool, client[self.env.mongo_db], AppliedPosition(), **kwargs
         )
         self.running[id(projector)] = (asyncio.create_task(projector.run()), client)
@@ -163,7 +153,8 @@ async def test_in_order_deliveries_give_exact_documents_and_wake_waiters(
     assert await waiter
     assert projector.position == last
     assert projector.connected
-    assert projector.repaired == projector.duplicates == projector.parked == 0
+    counters = projector.counters
+    assert counters.repaired == counters.duplicates == counters.parked == 0
     assert projector.applied.waiting == 0
     await assert_exact(env)
 
@@ -189,13 +180,14 @@ async def test_lost_duplicated_and_reordered_deliveries_still_give_exact_documen
     log: list[LoggedEvent],
     channel: aiormq.abc.AbstractChannel,
     projectors: Projectors,
+    rng: random.Random,
 ) -> None:
     projector = await projectors.start()
-    for envelope in mangled(envelopes(log), random.Random(uuid.uuid4().int)):
+    for envelope in mangled(envelopes(log), rng):
         await publish(channel, env, envelope)
     assert await projector.applied.wait_for(log[-1].position, timeout=30)
-    assert projector.repaired > 0
-    assert projector.duplicates > 0
+    assert projector.counters.repaired > 0
+    assert projector.counters.duplicates > 0
     await assert_exact(env)
 
 
@@ -216,7 +208,7 @@ async def test_lost_last_deliveries_are_read_from_the_log_once_idle(
     for envelope in envelopes(log)[:-3]:
         await publish(channel, env, envelope)
     assert await projector.applied.wait_for(log[-1].position, timeout=30)
-    assert projector.repaired == 3
+    assert projector.counters.repaired == 3
     await assert_exact(env)
 
 
@@ -270,8 +262,8 @@ async def test_undecodable_messages_are_parked_and_the_projector_continues(
     for envelope in all_envelopes[6:]:
         await publish(channel, env, envelope)
     assert await projector.applied.wait_for(log[-1].position, timeout=30)
-    assert projector.parked == 2
-    assert projector.repaired >= 1  # the broken event came from the log instead
+    assert projector.counters.parked == 2
+    assert projector.counters.repaired >= 1  # the broken event came from the log instead
     reasons = [await _parked_reason(channel, env) for _ in range(2)]
     assert reasons[0].startswith("not an event envelope")
     assert reasons[1].startswith(f"invalid {broken.type} data")
@@ -290,6 +282,7 @@ async def test_unknown_event_types_are_skipped_and_counted(
     log: list[LoggedEvent],
     channel: aiormq.abc.AbstractChannel,
     projectors: Projectors,
+    rng: random.Random,
 ) -> None:
     conn = await asyncpg.connect(env.database_url)
     try:
@@ -301,14 +294,14 @@ async def test_unknown_event_types_are_skipped_and_counted(
         )
     finally:
         await conn.close()
-    later = await make_history(env.database_url, random.Random(1), steps=5)
+    later = await make_history(env.database_url, rng, steps=5)
     projector = await projectors.start()
     for envelope in envelopes(later):
         await publish(channel, env, envelope)
     assert await projector.applied.wait_for(later[-1].position, timeout=30)
     assert later[-1].position > newer
-    assert projector.unknown_events == 1
-    assert projector.parked == 0
+    assert projector.counters.unknown_events == 1
+    assert projector.counters.parked == 0
     await assert_exact(env)
 
 
@@ -330,58 +323,19 @@ async def test_a_restarted_projector_resumes_from_the_stored_position(
     for envelope in all_envelopes:  # the first half again: duplicates to the stored position
         await publish(channel, env, envelope)
     assert await second.applied.wait_for(log[-1].position, timeout=30)
-    assert second.duplicates == half
-    assert second.repaired == 0
+    assert second.counters.duplicates == half
+    assert second.counters.repaired == 0
     await assert_exact(env)
 
 
 # ---- a Mongo outage ----------------------------------------------------------------------
 
 
-class Secantus:
-    """A SecantusDB server of this test's own, to kill and restart on the same port."""
-
-    def __init__(self) -> None:
-        self.storage = tempfile.mkdtemp(prefix="secantus-projector-")
-        self.port = _free_port()
-        self.url = f"mongodb://127.0.0.1:{self.port}"
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        self.process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "secantus",
-                "--port",
-                str(self.port),
-                "--storage-path",
-                self.storage,
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        _wait_for_port(self.port, self.process)
-
-    def stop(self, kill: bool = False) -> None:
-        if self.process is not None and self.process.poll() is None:
-            if kill:
-                self.process.kill()
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-
-
 @pytest.fixture
-def secantus() -> Iterator[Secantus]:
-    server = Secantus()
-    server.start()
-    yield server
-    server.stop()
-    shutil.rmtree(server.storage, ignore_errors=True)
+def secantus() -> Iterator[LocalStore]:
+    """A SecantusDB server of this test's own, to kill and restart on the same port."""
+    with LocalStore() as server:
+        yield server
 
 
 # PyMongo's async client leaves the socket of a refused connection unclosed (seen with
@@ -393,7 +347,7 @@ async def test_a_mongo_outage_keeps_messages_unacked_and_ends_exact(
     log: list[LoggedEvent],
     channel: aiormq.abc.AbstractChannel,
     projectors: Projectors,
-    secantus: Secantus,
+    secantus: LocalStore,
 ) -> None:
     all_envelopes = envelopes(log)
     half = len(all_envelopes) // 2
@@ -403,16 +357,18 @@ async def test_a_mongo_outage_keeps_messages_unacked_and_ends_exact(
     assert await projector.applied.wait_for(all_envelopes[half - 1].position, timeout=30)
 
     secantus.stop(kill=True)
-    batches = projector.batches
+    batches = projector.counters.batches
     for envelope in all_envelopes[half:]:
         await publish(channel, env, envelope)
-    retries = projector.retries
-    await until(lambda: projector.retries >= retries + 3)
+    retries = projector.counters.retries
+    await eventually(
+        lambda: projector.counters.retries >= retries + 3, within_s=30, what="3 more retries"
+    )
     assert projector.position < log[-1].position
-    assert projector.batches == batches, "nothing was acked while Mongo was down"
+    assert projector.counters.batches == batches, "nothing was acked while Mongo was down"
     assert projector.connected
 
-    secantus.start()
+    await asyncio.to_thread(secantus.start)
     assert await projector.applied.wait_for(log[-1].position, timeout=60)
     await assert_exact(replace(env, mongo_url=secantus.url))
     await projectors.stop(projector)

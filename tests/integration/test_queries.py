@@ -17,11 +17,12 @@ from pymongo import AsyncMongoClient
 from pymongo.asynchronous.database import AsyncDatabase
 from starlette.applications import Starlette
 
+from app.contracts.readmodel import META, META_ID, ensure_indexes
 from app.plumbing import problems
 from app.plumbing.settings import Settings
 from app.queries.routes import QueryContext, routes
 from app.queries.waiting import MongoPositionWaiter
-from tests.conftest import Server, _free_port
+from tests.support.servers import Server, free_port, http_client
 
 Db = AsyncDatabase[dict[str, Any]]
 Serve = Callable[..., Awaitable[httpx.AsyncClient]]
@@ -41,11 +42,7 @@ async def db(mongo_url: str) -> AsyncIterator[Db]:
     """A Mongo database of this test's own, indexed like the projector's, dropped afterwards."""
     client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(mongo_url, tz_aware=True)
     database = client[f"queries_test_{uuid.uuid4().hex[:12]}"]
-    orders, products = database["orders"], database["products"]
-    await orders.create_index([("customer_id", 1), ("placed_at", -1), ("_id", -1)])
-    await orders.create_index([("customer_id", 1), ("status", 1), ("placed_at", -1), ("_id", -1)])
-    await products.create_index([("sku", 1)], unique=True)
-    await products.create_index([("units_sold", -1), ("_id", 1)])
+    await ensure_indexes(database)
     await set_position(database, 5)
     yield database
     await client.drop_database(database.name)
@@ -68,7 +65,7 @@ async def serve(db: Db) -> AsyncIterator[Serve]:
         server = query_server(QueryContext(**fields))
         await server.start()
         servers.append(server)
-        clients.append(httpx.AsyncClient(base_url=server.url, timeout=30))
+        clients.append(http_client(server.url, timeout=30))
         return clients[-1]
 
     yield start
@@ -87,7 +84,7 @@ async def http(serve: Serve) -> httpx.AsyncClient:
 
 
 async def set_position(db: Db, position: int) -> None:
-    await db["meta"].update_one({"_id": "projection"}, {"$set": {"position": position}}, True)
+    await db[META].update_one({"_id": META_ID}, {"$set": {"position": position}}, True)
 
 
 def order_document(
@@ -407,24 +404,33 @@ async def test_unknown_parameters_are_ignored(http: httpx.AsyncClient) -> None:
     assert response.status_code == 200
 
 
+@pytest.fixture
+async def unreachable_db() -> AsyncIterator[Db]:
+    """A database on a port nobody listens on. Requested before `serve`, so it is closed only
+    after the servers using it stopped (a client closed earlier was reopened by their reads)."""
+    dead: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
+        f"mongodb://127.0.0.1:{free_port()}", tz_aware=True, serverSelectionTimeoutMS=200
+    )
+    yield dead["shop"]
+    await dead.close()
+    gc.collect()
+
+
 # PyMongo 4.20's async client leaves the socket of a refused connection unclosed; collect it
 # here, inside this test, rather than let the warning land in whichever test runs next.
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
-async def test_an_unreachable_mongo_is_503_with_retry_after(db: Db, serve: Serve) -> None:
-    dead: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
-        f"mongodb://127.0.0.1:{_free_port()}", tz_aware=True, serverSelectionTimeoutMS=200
-    )
-    gone = dead["shop"]
-    try:
-        for waiter in (MongoPositionWaiter(gone, 0.02), _Applied(5)):
-            http = await serve(db=gone, waiter=waiter, read_wait_max_s=0.5, read_timeout_s=0.5)
-            for path in (f"/orders/{uuid.uuid4()}", "/products", "/customers/c1/orders"):
-                response = await http.get(path)
-                assert_problem(response, 503)
-                assert response.headers["retry-after"] == "1"
-    finally:
-        await dead.close()
-        gc.collect()
+@pytest.mark.slow
+async def test_an_unreachable_mongo_is_503_with_retry_after(
+    unreachable_db: Db, db: Db, serve: Serve
+) -> None:
+    for waiter in (MongoPositionWaiter(unreachable_db, 0.02), _Applied(5)):
+        http = await serve(
+            db=unreachable_db, waiter=waiter, read_wait_max_s=0.5, read_timeout_s=0.5
+        )
+        for path in (f"/orders/{uuid.uuid4()}", "/products", "/customers/c1/orders"):
+            response = await http.get(path)
+            assert_problem(response, 503)
+            assert response.headers["retry-after"] == "1"
 
 
 class _Applied:

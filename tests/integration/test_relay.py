@@ -18,10 +18,13 @@ import asyncpg
 import msgspec
 import pytest
 
+from app.contracts.eventlog import settled_position
 from app.contracts.events import Envelope
 from app.contracts.topology import declare_topology, delete_topology
+from app.main import relay_for
 from app.plumbing.settings import Settings
 from app.relay.runner import Relay
+from tests.support.waiting import eventually
 
 _INSERT = (
     "INSERT INTO events (stream_type, stream_id, stream_version, type, data)"
@@ -36,14 +39,6 @@ _INSERT_MANY = (
     " FROM generate_series($2::int, $3::int) AS v ORDER BY v"
     " RETURNING position"
 )
-
-
-async def eventually(condition: Callable[[], bool], within_s: float = 10.0, what: str = "") -> None:
-    deadline = time.monotonic() + within_s
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"not within {within_s}s: {what}")
-        await asyncio.sleep(0.01)
 
 
 @dataclass(frozen=True)
@@ -149,7 +144,7 @@ async def start_relay(relay_settings: Settings, consumer: Consumer) -> AsyncIter
 
     def start() -> tuple[Relay, asyncio.Event, asyncio.Task[None]]:
         wakeup = asyncio.Event()
-        relay = Relay(relay_settings, wakeup)
+        relay = relay_for(relay_settings, wakeup)
         task = asyncio.create_task(relay.run())
         tasks.append(task)
         return relay, wakeup, task
@@ -262,14 +257,12 @@ async def _random_writer(
 
 
 async def test_concurrent_writers_with_late_commits_and_rollbacks(
-    start_relay: StartRelay, consumer: Consumer, db: asyncpg.Pool
+    start_relay: StartRelay, consumer: Consumer, db: asyncpg.Pool, test_seed: int
 ) -> None:
-    seed = random.randrange(2**32)
-    print(f"seed={seed}")
     _, wakeup, _ = start_relay()
     committed: list[int] = []
     await asyncio.gather(
-        *(_random_writer(db, random.Random(seed + i), wakeup, committed) for i in range(20))
+        *(_random_writer(db, random.Random(test_seed + i), wakeup, committed) for i in range(20))
     )
     expected = sorted(committed)
     await eventually(lambda: consumer.first_positions() == expected, what="all commits")
@@ -325,11 +318,18 @@ async def test_a_cut_broker_connection_loses_nothing_and_keeps_order(
 
 
 async def test_a_restarted_relay_continues_from_its_checkpoint(
-    start_relay: StartRelay, consumer: Consumer, db: asyncpg.Pool
+    start_relay: StartRelay, consumer: Consumer, db: asyncpg.Pool, relay_settings: Settings
 ) -> None:
     committed = await insert_many(db, 10)
     relay, _, task = start_relay()
     await eventually(lambda: relay.published_position == committed[-1], what="first run")
+
+    async def saved() -> bool:
+        async with db.acquire() as conn:
+            return await settled_position(conn, relay_settings.relay_name) == committed[-1]
+
+    # published_position moves just before the checkpoint is written: cancel after the write
+    await eventually(saved, what="the first run's checkpoint")
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
     assert not relay.connected

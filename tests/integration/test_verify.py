@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-import uuid
 from collections.abc import AsyncIterator
-from dataclasses import replace
 from typing import Any
 
 import aiormq.abc
@@ -17,24 +15,28 @@ from pymongo import AsyncMongoClient
 from pymongo.asynchronous.database import AsyncDatabase
 
 from app.contracts import topology as broker
+from app.operations import rebuild as rebuild_command
 from app.operations.verify import main, verify
+from app.plumbing.resources import connect_broker
 from app.plumbing.settings import Settings
-from app.projector import rebuild as rebuild_module
 from app.projector.rebuild import rebuild
-from tests.integration.test_projections_contract import make_history
+from tests.support.histories import make_history
+from tests.support.stacks import fresh_stack
 
 Document = dict[str, Any]
 
 
 @pytest.fixture
-async def env(settings: Settings, fresh_database_url: str) -> Settings:
-    return replace(settings, database_url=fresh_database_url)
+async def env(settings: Settings, migrated_template: str) -> AsyncIterator[Settings]:
+    """The test's settings on a fresh database; the whole stack removed afterwards."""
+    async with fresh_stack(settings, migrated_template) as stack:
+        yield stack
 
 
 @pytest.fixture
-async def rebuilt(env: Settings) -> AsyncIterator[AsyncDatabase[Document]]:
-    """A read model rebuilt from a random history; its Mongo database dropped afterwards."""
-    log = await make_history(env.database_url, random.Random(uuid.uuid4().int), steps=40)
+async def rebuilt(env: Settings, rng: random.Random) -> AsyncIterator[AsyncDatabase[Document]]:
+    """A read model rebuilt from a random history."""
+    log = await make_history(env.database_url, rng, steps=40)
     client: AsyncMongoClient[Document] = AsyncMongoClient(env.mongo_url, tz_aware=True)
     pool = await asyncpg.create_pool(env.database_url, min_size=1, max_size=2)
     assert pool is not None
@@ -44,7 +46,6 @@ async def rebuilt(env: Settings) -> AsyncIterator[AsyncDatabase[Document]]:
         yield db
     finally:
         await pool.close()
-        await client.drop_database(env.mongo_db)
         await client.close()
 
 
@@ -87,23 +88,24 @@ async def test_verify_notices_a_read_model_that_lags(
     assert not report.ok
 
 
-async def test_the_rebuild_command_refills_the_read_model(env: Settings) -> None:
+async def test_the_rebuild_command_refills_the_read_model(
+    env: Settings, rng: random.Random
+) -> None:
     """`python -m app rebuild`: from the log into an empty or damaged read model, verified."""
-    await make_history(env.database_url, random.Random(uuid.uuid4().int), steps=30)
+    await make_history(env.database_url, rng, steps=30)
     client: AsyncMongoClient[Document] = AsyncMongoClient(env.mongo_url, tz_aware=True)
     try:
         await client[env.mongo_db].orders.insert_one({"_id": "stray", "status": "bogus"})
-        assert await asyncio.to_thread(rebuild_module.run, env) == 0
+        assert await asyncio.to_thread(rebuild_command.run, env) == 0
         assert await client[env.mongo_db].orders.find_one({"_id": "stray"}) is None
         report = await verify(env, wait_s=1)
         assert report.ok, report.differences
     finally:
-        await client.drop_database(env.mongo_db)
         await client.close()
 
 
 async def test_the_rebuild_command_refuses_while_a_projector_consumes(env: Settings) -> None:
-    connection = await broker.connect(env)
+    connection = await connect_broker(env)
     client: AsyncMongoClient[Document] = AsyncMongoClient(env.mongo_url, tz_aware=True)
     try:
         channel = await connection.channel()
@@ -114,10 +116,8 @@ async def test_the_rebuild_command_refuses_while_a_projector_consumes(env: Setti
 
         await channel.basic_consume(env.projector_queue, ignore)
         await client[env.mongo_db].orders.insert_one({"_id": "kept"})
-        assert await asyncio.to_thread(rebuild_module.run, env) == 2
+        assert await asyncio.to_thread(rebuild_command.run, env) == 2
         assert await client[env.mongo_db].orders.find_one({"_id": "kept"}) is not None
     finally:
-        await broker.delete_topology(channel, env)
         await connection.close()
-        await client.drop_database(env.mongo_db)
         await client.close()

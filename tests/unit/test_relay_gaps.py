@@ -108,10 +108,19 @@ def test_without_a_proof_nothing_is_awaited_and_settle_is_a_no_op() -> None:
     assert tracker.dead_through == 0
 
 
-@pytest.mark.parametrize("name", ["main", "test-abc", ""])
-def test_lock_keys_are_stable_signed_64_bit(name: str) -> None:
-    assert lock_key(name) == lock_key(name)
-    assert -(2**63) <= lock_key(name) < 2**63
+@pytest.mark.parametrize(
+    ("name", "key"),
+    [
+        ("main", -8488868382402858526),
+        ("test-abc", -7729600652979181003),
+        ("", -2800630789234631092),
+    ],
+)
+def test_lock_keys_are_pinned_signed_64_bit(name: str, key: int) -> None:
+    """Pinned: replicas of two releases must contend for the same advisory lock, so a change
+    of the key derivation would let two relays lead at once during a rolling deploy."""
+    assert lock_key(name) == key
+    assert -(2**63) <= key < 2**63
 
 
 def test_different_relay_names_get_different_lock_keys() -> None:

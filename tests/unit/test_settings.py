@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import Field, fields
+
 import pytest
 
 from app.plumbing.settings import Settings, SettingsError
@@ -44,7 +46,18 @@ def test_bad_values_name_the_variable(name: str, value: str) -> None:
         Settings.from_env({name: value})
 
 
-def test_settings_are_frozen() -> None:
-    settings = Settings()
-    with pytest.raises(AttributeError):
-        settings.port = 1  # type: ignore[misc]
+def _other_value(default: object) -> tuple[str, object]:
+    """A valid value other than `default`: as the environment spells it, and as parsed."""
+    if isinstance(default, bool):
+        return ("no" if default else "yes"), not default
+    if isinstance(default, int | float):
+        return str(default + 1), default + 1
+    return f"{default}-other", f"{default}-other"
+
+
+@pytest.mark.parametrize("field", fields(Settings), ids=lambda f: f.name.upper())
+def test_every_field_is_read_from_its_upper_case_name(field: Field[object]) -> None:
+    raw, expected = _other_value(field.default)
+    settings = Settings.from_env({field.name.upper(): raw})
+    assert getattr(settings, field.name) == expected
+    assert getattr(Settings.from_env({field.name: raw}), field.name) == field.default
