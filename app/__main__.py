@@ -1,6 +1,7 @@
-"""`python -m app [serve|migrate|verify|rebuild]`: serve (migrating first, the default), only
-migrate, compare the read model with the write side's truth (exit 1 on any difference), or
-rebuild the read model from the event log (with the projectors stopped)."""
+"""`python -m app [serve|migrate|verify|rebuild|parked]`: serve (migrating first, the default),
+only migrate, compare the read model with the write side's truth (exit 1 on any difference),
+rebuild the read model from the event log (with the projectors stopped), or list, retry and
+skip the events the projector parked."""
 
 from __future__ import annotations
 
@@ -14,11 +15,15 @@ from app.plumbing.settings import Settings, SettingsError
 
 
 def main(argv: list[str] | None = None) -> int:
+    from app.operations import parked
+
     parser = argparse.ArgumentParser(prog="python -m app", description=__doc__)
-    parser.add_argument(
-        "command", nargs="?", default="serve", choices=["serve", "migrate", "verify", "rebuild"]
-    )
+    commands = parser.add_subparsers(dest="command")
+    for name in ("serve", "migrate", "verify", "rebuild"):
+        commands.add_parser(name)
+    parked.add_arguments(commands.add_parser("parked", help="events the projector parked"))
     args = parser.parse_args(argv)
+    args.command = args.command or "serve"
     try:
         settings = Settings.from_env()
     except SettingsError as exc:
@@ -35,6 +40,8 @@ def main(argv: list[str] | None = None) -> int:
         from app.operations import rebuild
 
         return rebuild.run(settings)
+    if args.command == "parked":
+        return parked.main(settings, args)
     try:
         applied = asyncio.run(migrate(settings.database_url))
     except MigrationError as exc:

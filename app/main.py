@@ -87,6 +87,7 @@ def projector_config(settings: Settings) -> ProjectorConfig:
         batch_size=settings.projector_batch_size,
         prefetch=settings.projector_prefetch,
         idle_check_s=settings.projector_idle_check_s,
+        poison_attempts=settings.projector_poison_attempts,
     )
 
 

@@ -75,6 +75,14 @@ async def fetch_range(conn: asyncpg.Connection, after: int, through: int) -> lis
     return [LoggedEvent(**dict(r)) for r in rows]
 
 
+async def fetch_positions(conn: asyncpg.Connection, positions: list[int]) -> list[LoggedEvent]:
+    """The committed events at `positions`, in position order."""
+    rows = await conn.fetch(
+        f"{_SELECT} WHERE position = ANY($1::bigint[]) ORDER BY position", positions
+    )
+    return [LoggedEvent(**dict(r)) for r in rows]
+
+
 class SnapshotBatch(msgspec.Struct, frozen=True, kw_only=True):
     """Events read under one snapshot, with that snapshot's in-progress xids and its xmax."""
 

@@ -16,6 +16,7 @@ from starlette.routing import Route
 
 from app.plumbing.failures import POSTGRES_FAILURES
 from app.plumbing.resources import Resources
+from app.projector import holds
 from app.projector.counters import ProjectorCounters
 
 _PROBE_TIMEOUT_S = 2.0
@@ -70,6 +71,12 @@ async def _log_head(pool: asyncpg.Pool) -> int:
     return head
 
 
+async def _held(pool: asyncpg.Pool) -> tuple[int, int]:
+    """(held streams, parked events) across all replicas (app/projector/holds.py)."""
+    async with pool.acquire(timeout=_PROBE_TIMEOUT_S) as conn:
+        return await holds.counts(conn, _PROBE_TIMEOUT_S)
+
+
 async def _check_postgres(context: OperationsContext) -> str | None:
     try:
         await _log_head(context.resources.pool)
@@ -102,15 +109,18 @@ async def _check_rabbitmq(context: OperationsContext) -> str | None:
 
 async def ready(request: Request) -> Response:
     """200 when PostgreSQL, RabbitMQ and MongoDB answer and the read model's lag is within
-    READY_MAX_LAG events; else 503 naming each failing part."""
+    READY_MAX_LAG events; else 503 naming each failing part. Held streams leave it 200 (the
+    replica still serves) with status "degraded" and the count under the projector check."""
     context = _context(request)
     postgres, rabbitmq, mongo = await asyncio.gather(
         _check_postgres(context), _check_rabbitmq(context), _check_mongo(context)
     )
     checks: dict[str, str | None] = {"postgres": postgres, "rabbitmq": rabbitmq, "mongo": mongo}
+    held = 0
     if postgres is None:
         try:
             lag = await _log_head(context.resources.pool) - context.waiter.current
+            held, parked = await _held(context.resources.pool)
         except POSTGRES_FAILURES as exc:
             checks["postgres"] = f"unreachable: {exc!r}"
         else:
@@ -118,9 +128,15 @@ async def ready(request: Request) -> Response:
                 checks["lag"] = f"the read model is {lag} events behind"
     failing = {part: reason for part, reason in checks.items() if reason is not None}
     body: dict[str, Any] = {
-        "status": "unavailable" if failing else "ready",
+        "status": "unavailable" if failing else "degraded" if held else "ready",
         "checks": {part: reason or "ok" for part, reason in checks.items()},
     }
+    if held:
+        body["checks"]["projector"] = (
+            f"degraded: {held} held stream(s), {parked} parked event(s);"
+            " see python -m app parked list"
+        )
+        body["held_streams"] = held
     return _json(body, 503 if failing else 200)
 
 
@@ -152,10 +168,20 @@ async def _log_samples(pool: asyncpg.Pool, applied: int) -> list[Sample]:
     except POSTGRES_FAILURES:
         return [("shop_postgres_up", "gauge", "PostgreSQL answered.", 0)]
     lag = "Events committed but not yet applied to the read model."
-    return [
+    samples: list[Sample] = [
         ("shop_event_log_position", "gauge", "Last committed event position.", head),
         ("shop_read_model_lag_events", "gauge", lag, max(0, head - applied)),
     ]
+    try:
+        held, parked = await _held(pool)
+    except POSTGRES_FAILURES:
+        return samples
+    return [
+        *samples,
+        ("shop_held_streams", "gauge", "Streams held behind an event that cannot be applied.",
+         held),
+        ("shop_parked_events", "gauge", "Events parked, waiting for retry or skip.", parked),
+    ]  # fmt: skip
 
 
 def _relay_samples(relay: RelayStatus) -> list[Sample]:

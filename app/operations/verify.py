@@ -4,7 +4,9 @@ Meant to run once the projector has caught up: `verify` first waits (bounded) un
 model's applied position reaches the log's last position, then compares every product's stock,
 sales and version, every order's status, total, lines and version, and every customer's order
 count, spend and last order time, as PostgreSQL computes them from its own tables. While events
-keep arriving the two legitimately differ; run it on a quiet system.
+keep arriving the two legitimately differ; run it on a quiet system. Streams held behind a
+parked event (app/projector/holds.py) are reported apart: the differences their documents show
+(the held product or order, and the order's customer) do not fail it.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 from app.contracts.readmodel import CUSTOMERS, ORDERS, PRODUCTS, applied_position
 from app.plumbing.resources import open_resources
 from app.plumbing.settings import Settings
+from app.projector import holds
 
 Fields = dict[str, Any]
 Documents = dict[str, Fields]
@@ -35,11 +38,20 @@ class Difference(msgspec.Struct, frozen=True, kw_only=True):
     actual: Any
 
 
+class HeldStream(msgspec.Struct, frozen=True, kw_only=True):
+    """A stream held behind a parked event, and the differences its hold explains."""
+
+    stream: str  # "<type>:<id>"
+    held_from: int  # the position of its first parked event
+    differences: list[Difference]
+
+
 class Report(msgspec.Struct, kw_only=True):
     log_position: int
     read_position: int
     checked: dict[str, int]
-    differences: list[Difference]
+    differences: list[Difference]  # the ones no held stream explains
+    held: list[HeldStream] = []
 
     @property
     def caught_up(self) -> bool:
@@ -91,12 +103,45 @@ async def verify(settings: Settings, wait_s: float = 30.0) -> Report:
         expected = await _expected(conn)
         checked = {name: len(docs) for name, docs in expected.items()}
         differences = [d for name, docs in expected.items() for d in await _compare(db, name, docs)]
+        held, differences = await _held_apart(conn, differences)
     return Report(
         log_position=log_position,
         read_position=read_position,
         checked=checked,
         differences=differences,
+        held=held,
     )
+
+
+async def _held_apart(
+    conn: asyncpg.Connection, differences: list[Difference]
+) -> tuple[list[HeldStream], list[Difference]]:
+    """The differences each held stream explains (its own document, and for an order the
+    customer's), and the rest."""
+    held_from = await holds.held_from(conn)
+    owners: dict[tuple[str, str], str] = {}
+    for (stream_type, stream_id), _ in held_from.items():
+        name = f"{stream_type}:{stream_id}"
+        owners[(PRODUCTS if stream_type == "product" else ORDERS, stream_id)] = name
+        if stream_type == "order":
+            customer = await conn.fetchval(
+                "SELECT customer_id FROM orders WHERE order_id::text = $1", stream_id
+            )
+            if customer is not None:
+                owners[(CUSTOMERS, customer)] = name
+    explained: dict[str, list[Difference]] = {}
+    rest: list[Difference] = []
+    for difference in differences:
+        owner = owners.get((difference.collection, difference.id))
+        if owner is None:
+            rest.append(difference)
+        else:
+            explained.setdefault(owner, []).append(difference)
+    held = [
+        HeldStream(stream=f"{t}:{i}", held_from=p, differences=explained.get(f"{t}:{i}", []))
+        for (t, i), p in sorted(held_from.items(), key=lambda item: item[1])
+    ]
+    return held, rest
 
 
 async def _wait_for_position(db: AsyncDatabase[Fields], position: int, wait_s: float) -> int:
@@ -179,6 +224,11 @@ def main(settings: Settings) -> int:
         print(
             f"  {difference.collection}/{difference.id} {difference.field}: "
             f"expected {difference.expected!r}, found {difference.actual!r}"
+        )
+    for stream in report.held:
+        print(
+            f"held {stream.stream} from position {stream.held_from}: its parked events explain"
+            f" {len(stream.differences)} difference(s) (python -m app parked list)"
         )
     if not report.caught_up:
         print("the read model has not caught up with the log")

@@ -49,6 +49,7 @@ class Settings:
     projector_prefetch: int = 512
     projector_batch_size: int = 256
     projector_idle_check_s: float = 1.0
+    projector_poison_attempts: int = 3
     read_wait_max_s: float = 5.0
     read_poll_interval_s: float = 0.05
     ready_max_lag: int = 10_000
@@ -77,6 +78,7 @@ class Settings:
             "relay_batch_size",
             "projector_prefetch",
             "projector_batch_size",
+            "projector_poison_attempts",
             "idempotency_ttl_s",
             "ready_max_lag",
         ):

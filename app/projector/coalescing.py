@@ -36,8 +36,12 @@ def coalesce(writes: Sequence[Write]) -> list[Write]:
         if index is not None and (merged[index].upsert or not write.upsert):
             combined = _merge(merged[index].update, write.update)
             if combined is not None:
+                # every merged write's fence must hold (a customer has one per order stream);
+                # for the same field the first write's, the older one, is the fence
                 merged[index] = merged[index]._replace(
-                    update=combined, upsert=merged[index].upsert or write.upsert
+                    filter={**write.filter, **merged[index].filter},
+                    update=combined,
+                    upsert=merged[index].upsert or write.upsert,
                 )
                 continue
         pending[key] = len(merged)

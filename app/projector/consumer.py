@@ -26,6 +26,7 @@ from app.projector.applied import AppliedPosition
 from app.projector.counters import ProjectorCounters
 from app.projector.deliveries import Decoded, Gap, plan, repaired
 from app.projector.inbox import Message, decode, park, subscribe, take
+from app.projector.poison import GuardedStore
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -49,6 +50,7 @@ class ProjectorConfig:
     batch_size: int = 256
     prefetch: int = 512
     idle_check_s: float = 1.0
+    poison_attempts: int = 3  # tries of an event that fails for good before it is parked
 
 
 class Projector:
@@ -77,6 +79,12 @@ class Projector:
         self._idle_position = -1
         self.connected = False
         self.counters = ProjectorCounters()
+        self._guard = GuardedStore(
+            db, pool, self.counters, config.poison_attempts, (backoff_initial_s, backoff_max_s)
+        )
+        # reset only once a batch is stored: a consumer that connects and fails at once must
+        # not reconnect in a tight loop
+        self._reconnect = Backoff(backoff_initial_s, backoff_max_s)
 
     @property
     def position(self) -> int:
@@ -87,10 +95,9 @@ class Projector:
         backoff whenever the broker connection is lost. Closes its connection on the way out."""
         self._position = await self._retry(self._start)
         self.applied.advance(self._position)
-        backoff = Backoff(*self._backoff)
         while True:
             try:
-                await self._consume(backoff)
+                await self._consume()
             except _DISCONNECTED as exc:
                 log.warning("projector lost the broker, reconnecting: %r", exc)
             except Exception:
@@ -98,19 +105,18 @@ class Projector:
                 # the messages stay unacked and come back after the reconnect.
                 log.exception("projector failed unexpectedly, reconnecting")
             self.counters.reconnects += 1
-            await asyncio.sleep(backoff.next_delay())
+            await asyncio.sleep(self._reconnect.next_delay())
 
     async def _start(self) -> int:
         await ensure_indexes(self._db)
         return await applied_position(self._db)
 
-    async def _consume(self, backoff: Backoff) -> None:
+    async def _consume(self) -> None:
         connection = await self._connect_broker()
         try:
             channel = await connection.channel()
             inbox = await subscribe(channel, self._config.topology, self._config.prefetch)
             self.connected = True
-            backoff.reset()
             limit, idle_s = self._config.batch_size, self._config.idle_check_s
             while True:
                 batch = await take(inbox, limit, idle_s)
@@ -132,6 +138,7 @@ class Projector:
         last_tag = max(m.delivery_tag or 0 for m in batch)
         await channel.basic_ack(last_tag, multiple=True)
         self.counters.batches += 1
+        self._reconnect.reset()
         assert self._position is not None
         self.applied.advance(self._position)
 
@@ -156,12 +163,11 @@ class Projector:
         ReadModelLost when the store no longer holds what this projector applied."""
         if not events:
             return
-        await readmodel.apply_events(self._db, events, expected=self._position)
+        await self._guard.store(events, expected=self._position)
         self._position = events[-1].position
         for event in events:
             if event.skipped == "invalid-data":
                 self.counters.invalid_events += 1
-                log.error("projector skipped log event %d: data does not decode", event.position)
             elif event.skipped == "unknown-type":
                 self.counters.unknown_events += 1
 

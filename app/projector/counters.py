@@ -17,8 +17,9 @@ class ProjectorCounters:
     duplicates: int = _counter("Deliveries at or below the applied position, skipped.")
     repaired: int = _counter("Events read from the log to fill transport gaps.")
     unknown_events: int = _counter("Events of a type this version does not know, skipped.")
-    invalid_events: int = _counter("Log events whose data does not decode, skipped.")
-    parked: int = _counter("Messages that are not event envelopes, parked.")
+    invalid_events: int = _counter("Log events whose data does not decode, parked.")
+    parked: int = _counter("Messages that are not event envelopes, parked in the parked queue.")
+    parkings: int = _counter("Events parked because they or their stream's earlier ones failed.")
     retries: int = _counter("Storage failures retried.")
     reconnects: int = _counter("Consumer restarts after a broker loss or an unexpected error.")
 

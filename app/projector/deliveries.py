@@ -66,8 +66,8 @@ def decode_body(body: bytes) -> Decoded:
 
 
 def decode_logged(event: LoggedEvent, prev_position: int) -> Decoded:
-    """An event read from the log; data that does not decode is skipped (data None), since
-    the log cannot be parked and must not stop the projector forever."""
+    """An event read from the log; data that does not decode is marked "invalid-data" (data
+    None): the projector parks it and holds its stream (app/projector/poison.py)."""
     envelope = event.envelope(prev_position)
     try:
         return _with_data(envelope)

@@ -13,14 +13,19 @@ precision), amounts are integer cents. This is the contract the query side reads
   version, position, created_at, updated_at}. `stock` is the stock after the last applied
   event; `units_sold`/`revenue_cents` count reserved minus released stock (orders not
   cancelled). Indexes: sku unique, (units_sold -1, _id 1) for the top-products report.
-- `customers`: {_id, customer_id, order_count, total_spent_cents, last_order_at, position}.
+- `customers`: {_id, customer_id, order_count, total_spent_cents, last_order_at, position,
+  applied: {<order_id>: version}}.
   `total_spent_cents` sums the totals of the customer's orders that are paid or shipped;
-  `position` is the log position of the last event applied to the document.
+  `position` is the highest log position applied to the document; `applied` the version of
+  each of the customer's order streams last applied to it.
 - `meta`: {_id: "projection", position} — every event up to `position` is applied.
 
 Every write is fenced so that re-applying any prefix of the log is a no-op: orders and products
-only match a document whose `version` is older than the event's stream version, customers one
-whose `position` is older than the event's. Upserts (events that create a document) then fail
+only match a document whose `version` is older than the event's stream version. A customer is
+fed by several streams (its orders), so its fence is per stream: a write for order o at version
+v matches only while `applied.<o>` is below v (or absent). So an order stream held back by a
+poison event (app/projector/holds.py) and released later is neither refused by the fences of
+the customer's newer orders nor counted twice. Upserts (events that create a document) then fail
 with a duplicate key when the document is already there: that means "already applied".
 Timestamps come from the events (never the clock), so a rebuild gives identical documents.
 """
@@ -66,8 +71,8 @@ def _by_version(doc_id: str, version: int) -> dict[str, Any]:
     return {"_id": doc_id, "version": {"$lt": version}}
 
 
-def _by_position(doc_id: str, position: int) -> dict[str, Any]:
-    return {"_id": doc_id, "position": {"$lt": position}}
+def _by_stream(doc_id: str, order_id: str, version: int) -> dict[str, Any]:
+    return {"_id": doc_id, f"applied.{order_id}": {"$not": {"$gte": version}}}
 
 
 def _stamp(envelope: Envelope) -> dict[str, Any]:
@@ -107,11 +112,14 @@ def apply_order_placed(envelope: Envelope, data: OrderPlaced) -> list[Write]:
     }
     customer = Write(
         "customers",
-        _by_position(data.customer_id, position),
+        _by_stream(data.customer_id, order_id, envelope.stream_version),
         {
             "$inc": {"order_count": 1},
-            "$max": {"last_order_at": data.placed_at},
-            "$set": {"customer_id": data.customer_id, "position": position},
+            "$max": {"last_order_at": data.placed_at, "position": position},
+            "$set": {
+                "customer_id": data.customer_id,
+                f"applied.{order_id}": envelope.stream_version,
+            },
             "$setOnInsert": {"total_spent_cents": 0},
         },
         upsert=True,
@@ -128,15 +136,19 @@ def _order_moved(envelope: Envelope, order_id: str, status: str) -> Write:
     return Write("orders", _by_version(order_id, envelope.stream_version), update)
 
 
-def _customer_spent(envelope: Envelope, customer_id: str, delta_cents: int) -> Write:
-    update = {"$inc": {"total_spent_cents": delta_cents}, "$set": {"position": envelope.position}}
-    return Write("customers", _by_position(customer_id, envelope.position), update)
+def _customer_spent(envelope: Envelope, customer_id: str, order_id: str, delta_cents: int) -> Write:
+    update = {
+        "$inc": {"total_spent_cents": delta_cents},
+        "$set": {f"applied.{order_id}": envelope.stream_version},
+        "$max": {"position": envelope.position},
+    }
+    return Write("customers", _by_stream(customer_id, order_id, envelope.stream_version), update)
 
 
 def apply_order_paid(envelope: Envelope, data: OrderPaid) -> list[Write]:
     return [
         _order_moved(envelope, str(data.order_id), "paid"),
-        _customer_spent(envelope, data.customer_id, data.total_cents),
+        _customer_spent(envelope, data.customer_id, str(data.order_id), data.total_cents),
     ]
 
 
@@ -147,7 +159,9 @@ def apply_order_shipped(envelope: Envelope, data: OrderShipped) -> list[Write]:
 def apply_order_cancelled(envelope: Envelope, data: OrderCancelled) -> list[Write]:
     writes = [_order_moved(envelope, str(data.order_id), "cancelled")]
     if data.previous_status == "paid":
-        writes.append(_customer_spent(envelope, data.customer_id, -data.total_cents))
+        writes.append(
+            _customer_spent(envelope, data.customer_id, str(data.order_id), -data.total_cents)
+        )
     return writes
 
 

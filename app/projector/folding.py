@@ -35,27 +35,58 @@ def _matches(document: Document, query: dict[str, Any]) -> bool:
     for name, condition in query.items():
         if name == "_id":
             continue
-        if not (isinstance(condition, dict) and set(condition) == {"$lt"}):
+        present, value = _get(document, name)
+        if isinstance(condition, dict) and set(condition) == {"$lt"}:
+            # as in MongoDB, a missing field does not satisfy $lt
+            if not present or not value < condition["$lt"]:
+                return False
+        elif isinstance(condition, dict) and set(condition) == {"$not"}:
+            inner = condition["$not"]
+            if not (isinstance(inner, dict) and set(inner) == {"$gte"}):
+                raise ValueError(f"unsupported filter on {name}: {condition!r}")
+            # $not: {$gte: v} holds for a missing field too
+            if present and value >= inner["$gte"]:
+                return False
+        else:
             raise ValueError(f"unsupported filter on {name}: {condition!r}")
-        # as in MongoDB, a missing field does not satisfy $lt
-        if name not in document or not document[name] < condition["$lt"]:
-            return False
     return True
 
 
-def _apply(result: Document, operator: str, name: str, value: Any, inserting: bool) -> None:
-    if operator == "$set":
-        result[name] = value
+def _get(document: Document, path: str) -> tuple[bool, Any]:
+    """(present, value) of a dotted `path` in `document`."""
+    value: Any = document
+    for key in path.split("."):
+        if not isinstance(value, dict) or key not in value:
+            return False, None
+        value = value[key]
+    return True, value
+
+
+def _parent(result: Document, path: str) -> tuple[Document, str]:
+    """The dict holding the last key of dotted `path` in `result` (copied on the way, so the
+    caller's document is never changed), and that key."""
+    *parents, last = path.split(".")
+    holder = result
+    for key in parents:
+        child = holder.get(key)
+        holder[key] = dict(child) if isinstance(child, dict) else {}
+        holder = holder[key]
+    return holder, last
+
+
+def _apply(result: Document, operator: str, path: str, value: Any, inserting: bool) -> None:
+    if operator == "$setOnInsert" and not inserting:
+        return
+    holder, name = _parent(result, path)
+    if operator in ("$set", "$setOnInsert"):
+        holder[name] = value
     elif operator == "$inc":
-        result[name] = result.get(name, 0) + value
+        holder[name] = holder.get(name, 0) + value
     elif operator == "$push":
         items = value["$each"] if isinstance(value, dict) and "$each" in value else [value]
-        result[name] = [*result.get(name, []), *items]
+        holder[name] = [*holder.get(name, []), *items]
     elif operator == "$max":
-        current = result.get(name)
-        result[name] = value if current is None else max(current, value)
-    elif operator == "$setOnInsert":
-        if inserting:
-            result[name] = value
+        current = holder.get(name)
+        holder[name] = value if current is None else max(current, value)
     else:
         raise ValueError(f"unsupported update operator {operator}")

@@ -24,16 +24,43 @@ class ReadModelLost(RuntimeError):
     store lost writes. Reload the position from `meta` and re-apply from there."""
 
 
+class InvalidEventData(ValueError):
+    """A log event of a known type whose data does not match its type: it cannot be applied."""
+
+
 async def apply_events(
-    db: AsyncDatabase[Document], events: Sequence[Decoded], expected: int | None = None
+    db: AsyncDatabase[Document],
+    events: Sequence[Decoded],
+    expected: int | None = None,
+    through: int | None = None,
 ) -> None:
-    """Write `events` (in position order) to the documents, then store the position of the
-    last one as applied. Idempotent: re-applying any prefix of the log changes nothing.
-    With `expected` (the position the caller applied before), raises ReadModelLost when `meta`
-    no longer holds at least that. Raises PyMongoError (connection, timeout) with some writes
-    possibly done: retry it."""
-    if not events:
+    """Write `events` (in position order) to the documents, then store `through` (default: the
+    last event's position) as applied. Idempotent: re-applying any prefix of the log changes
+    nothing. With `expected` (the position the caller applied before), raises ReadModelLost
+    when `meta` no longer holds at least that. Raises PyMongoError (connection, timeout) with
+    some writes possibly done: retry it. Raises InvalidEventData, or whatever a projection or
+    the store raises, for an event that cannot be applied (app/projector/poison.py); what was
+    written before is fenced, so applying it all again later stays exact."""
+    if through is None:
+        if not events:
+            return
+        through = events[-1].position
+    await write_documents(db, events)
+    advance = {"$max": {"position": through}}
+    if not expected:
+        await db[META].update_one({"_id": META_ID}, advance, upsert=True)
         return
+    moved = await db[META].update_one({"_id": META_ID, "position": {"$gte": expected}}, advance)
+    if moved.matched_count == 0:
+        raise ReadModelLost(f"the read model no longer holds position {expected}")
+
+
+async def write_documents(db: AsyncDatabase[Document], events: Sequence[Decoded]) -> None:
+    """The document writes of `events`, without moving the applied position (`apply_events`;
+    also a held stream's release, app/operations/parked.py). Raises as `apply_events` does."""
+    invalid = [e.position for e in events if e.skipped == "invalid-data"]
+    if invalid:
+        raise InvalidEventData(f"the data of log event {invalid[0]} does not match its type")
     writes = [w for e in events if e.data is not None for w in project(e.envelope, e.data)]
     by_collection = {name: [w for w in writes if w.collection == name] for name in COLLECTIONS}
     # One collection after the other: measured on SecantusDB, three bulk writes at once drain
@@ -41,13 +68,6 @@ async def apply_events(
     for name, batch in by_collection.items():
         if batch:
             await _write_collection(db[name], batch)
-    advance = {"$max": {"position": events[-1].position}}
-    if not expected:
-        await db[META].update_one({"_id": META_ID}, advance, upsert=True)
-        return
-    moved = await db[META].update_one({"_id": META_ID, "position": {"$gte": expected}}, advance)
-    if moved.matched_count == 0:
-        raise ReadModelLost(f"the read model no longer holds position {expected}")
 
 
 async def _write_collection(collection: AsyncCollection[Document], writes: list[Write]) -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
@@ -30,10 +31,11 @@ from app.contracts.readmodel import (
     Document,
     ensure_indexes,
 )
-from app.projector.deliveries import decode_logged
+from app.projector import holds
+from app.projector.deliveries import Decoded, decode_logged
 from app.projector.documents import Write, project
 from app.projector.folding import apply_write
-from app.projector.readmodel import drop
+from app.projector.readmodel import InvalidEventData, drop
 
 log = logging.getLogger(__name__)
 
@@ -42,24 +44,25 @@ Key = tuple[CollectionName, Any]  # (collection, _id)
 
 async def rebuild(pool: asyncpg.Pool, db: AsyncDatabase[Document], batch_size: int = 20_000) -> int:
     """Drop the read model and project the whole log from position 0 into it. Returns the
-    applied position. Run it with the projector stopped."""
+    applied position. Run it with the projector stopped. Held streams stay held: their parked
+    events and every later one of theirs are parked, not applied; a log event whose data does
+    not decode is parked and holds its stream, as the projector does."""
     await drop(db)
     await ensure_indexes(db)
     store = _Store(db)
     held: dict[Key, Document | None] = {}  # folded documents the latest chunk touched
     position = 0
+    async with pool.acquire() as conn:
+        held_from = await holds.held_from(conn)
     try:
         while True:
             async with pool.acquire() as conn:
                 logged = await fetch_after(conn, position, batch_size)
             if not logged:
                 break
-            writes: list[Write] = []
-            for event in logged:
-                decoded = decode_logged(event, position)
-                position = event.position
-                if decoded.data is not None:
-                    writes += project(decoded.envelope, decoded.data)
+            decoded = [decode_logged(event, position) for event in logged]
+            position = logged[-1].position
+            writes = await _writes_of(pool, decoded, held_from)
             touched = await store.fold(writes, held)
             settled = {key: held.pop(key) for key in list(held) if key not in touched}
             await store.write_soon(settled)
@@ -71,6 +74,27 @@ async def rebuild(pool: asyncpg.Pool, db: AsyncDatabase[Document], batch_size: i
     if position:
         await db[META].update_one({"_id": META_ID}, {"$max": {"position": position}}, upsert=True)
     return position
+
+
+async def _writes_of(
+    pool: asyncpg.Pool, events: list[Decoded], held_from: dict[holds.Stream, int]
+) -> list[Write]:
+    """The writes of `events`, parking (and not applying) those of held streams."""
+    writes: list[Write] = []
+    behind: list[Decoded] = []
+    async with pool.acquire() as conn:
+        for event in events:
+            stream = holds.stream_of(event)
+            if stream in held_from and event.position >= held_from[stream]:
+                behind.append(event)
+            elif event.skipped == "invalid-data":
+                error = InvalidEventData(f"the data of log event {event.position} does not decode")
+                await holds.hold(conn, event, error, 1, datetime.now(UTC))
+                held_from[stream] = event.position
+            elif event.data is not None:
+                writes += project(event.envelope, event.data)
+        await holds.park_behind(conn, behind)
+    return writes
 
 
 class _Store:

@@ -76,3 +76,17 @@ def test_the_input_is_not_changed() -> None:
     first = _w({"$set": {"h": []}}, upsert=True)
     coalesce([first, _w({"$push": {"h": 1}}, fence=2)])
     assert first.update == {"$set": {"h": []}}
+
+
+def test_a_merged_write_keeps_every_streams_fence() -> None:
+    def spent(order: str, version: int) -> Write:
+        fence = {"_id": "c", f"applied.{order}": {"$not": {"$gte": version}}}
+        return Write("customers", fence, {"$inc": {"spent": 1}})
+
+    (merged,) = coalesce([spent("a", 2), spent("b", 1), spent("a", 3)])
+    assert merged.filter == {
+        "_id": "c",
+        "applied.a": {"$not": {"$gte": 2}},  # the first, older fence of order a
+        "applied.b": {"$not": {"$gte": 1}},
+    }
+    assert merged.update == {"$inc": {"spent": 3}}

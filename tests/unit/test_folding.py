@@ -33,3 +33,18 @@ def test_operators() -> None:
     assert apply_write(document, _w(update, 2)) == {
         "_id": "p", "version": 2, "sold": 7, "new": 1, "h": ["a", "b", "c"], "last": 4}  # fmt: skip
     assert document["h"] == ["a"]
+
+
+def test_per_stream_fences_on_dotted_fields() -> None:
+    def spent(order: str, version: int, cents: int) -> Write:
+        fence = {"_id": "c", f"applied.{order}": {"$not": {"$gte": version}}}
+        update = {"$inc": {"spent": cents}, "$set": {f"applied.{order}": version}}
+        return Write("customers", fence, update)
+
+    document = {"_id": "c", "spent": 0, "applied": {"a": 1, "b": 1}}
+    newer = apply_write(document, spent("b", 2, 5))  # order b moved on first...
+    assert newer == {"_id": "c", "spent": 5, "applied": {"a": 1, "b": 2}}
+    late = apply_write(newer, spent("a", 2, 7))  # ...a late release of order a still applies
+    assert late == {"_id": "c", "spent": 12, "applied": {"a": 2, "b": 2}}
+    assert apply_write(late, spent("a", 2, 7)) is late  # and only once
+    assert document["applied"] == {"a": 1, "b": 1}

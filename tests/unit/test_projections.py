@@ -75,8 +75,10 @@ def test_order_placed_upserts_the_order_and_the_customer_behind_fences() -> None
     assert (document["version"], document["position"], document["total_cents"]) == (1, 7, 10)
     assert customer.collection == "customers"
     assert customer.upsert
-    assert customer.filter == {"_id": "c1", "position": {"$lt": 7}}
+    fence = f"applied.{order_id}"
+    assert customer.filter == {"_id": "c1", fence: {"$not": {"$gte": 1}}}
     assert customer.update["$inc"] == {"order_count": 1}
+    assert customer.update["$set"][fence] == 1
 
 
 @pytest.mark.parametrize(("previous", "spent"), [("paid", [-10]), ("placed", [])])

@@ -1,0 +1,49 @@
+"""Which failures the projector retries as transient and which hold a stream."""
+
+from __future__ import annotations
+
+import pytest
+from pymongo.errors import (
+    AutoReconnect,
+    BulkWriteError,
+    DocumentTooLarge,
+    ExecutionTimeout,
+    NetworkTimeout,
+    OperationFailure,
+    ServerSelectionTimeoutError,
+)
+
+from app.projector.poison import is_transient
+from app.projector.readmodel import InvalidEventData, ReadModelLost
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        AutoReconnect("primary went away"),
+        NetworkTimeout("timed out"),
+        ServerSelectionTimeoutError("no server"),
+        ExecutionTimeout("operation exceeded time limit", code=50),
+        OperationFailure("interrupted at shutdown", code=11600),
+        BulkWriteError({"writeErrors": [], "writeConcernErrors": [{"code": 64}]}),
+        ReadModelLost("meta is gone"),
+        OSError("connection refused"),
+    ],
+)
+def test_outages_and_timeouts_are_transient(error: BaseException) -> None:
+    assert is_transient(error)
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        OverflowError("MongoDB can only handle up to 8-byte ints"),
+        DocumentTooLarge("too large"),
+        OperationFailure("bad update", code=2),
+        BulkWriteError({"writeErrors": [{"index": 0, "code": 11000}], "writeConcernErrors": []}),
+        KeyError("a projection bug"),
+        InvalidEventData("does not decode"),
+    ],
+)
+def test_what_retrying_cannot_fix_is_not(error: BaseException) -> None:
+    assert not is_transient(error)
