@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Any
 
 import asyncpg
 import msgspec
@@ -36,7 +35,6 @@ class LoggedEvent(msgspec.Struct, frozen=True, kw_only=True):
     data: str  # the JSON text of `events.data`, passed through undecoded
 
     def envelope(self, prev_position: int) -> Envelope:
-        data: dict[str, Any] = msgspec.json.decode(self.data)
         return Envelope(
             event_id=self.event_id,
             type=self.type,
@@ -48,7 +46,7 @@ class LoggedEvent(msgspec.Struct, frozen=True, kw_only=True):
             prev_position=prev_position,
             occurred_at=self.occurred_at,
             correlation_id=self.correlation_id,
-            data=data,
+            data=msgspec.Raw(self.data.encode()),
         )
 
 

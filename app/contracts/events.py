@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Any, Final, Literal, NewType, get_args
+from typing import Final, Literal, NewType, get_args
 
 import msgspec
 
@@ -132,8 +132,9 @@ class NewEvent(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class Envelope(msgspec.Struct, frozen=True, kw_only=True):
-    """One logged event as published to the broker (docs/architecture.md §2); `data` stays a
-    plain dict."""
+    """One logged event as published to the broker (docs/architecture.md §2). `data` is the
+    event's JSON as logged, passed through undecoded (the relay never parses it; a consumer
+    decodes it straight into its type with `decode_data`)."""
 
     event_id: uuid.UUID
     type: str
@@ -145,10 +146,16 @@ class Envelope(msgspec.Struct, frozen=True, kw_only=True):
     prev_position: int
     occurred_at: datetime
     correlation_id: str | None
-    data: dict[str, Any]
+    data: msgspec.Raw
 
 
-def decode_data(type_name: str, data: dict[str, Any]) -> EventData:
-    """Typed data of a known event type; raises KeyError for an unknown type and
-    msgspec.ValidationError for data that does not match the contract."""
-    return msgspec.convert(data, EVENT_TYPES[type_name][2])
+_DATA_DECODERS: Final = {
+    name: msgspec.json.Decoder(struct) for name, (_, _, struct) in EVENT_TYPES.items()
+}
+
+
+def decode_data(type_name: str, data: bytes | msgspec.Raw) -> EventData:
+    """Typed data of a known event type from its JSON; raises KeyError for an unknown type and
+    msgspec.ValidationError (or DecodeError) for data that does not match the contract."""
+    decoded: EventData = _DATA_DECODERS[type_name].decode(data)
+    return decoded

@@ -61,7 +61,7 @@ def decode_body(body: bytes) -> Decoded:
         raise Undecodable(f"not an event envelope: {exc}") from None
     try:
         return _with_data(envelope)
-    except msgspec.ValidationError as exc:
+    except msgspec.DecodeError as exc:  # ValidationError included
         raise Undecodable(f"invalid {envelope.type} data: {exc}") from None
 
 
@@ -71,13 +71,13 @@ def decode_logged(event: LoggedEvent, prev_position: int) -> Decoded:
     envelope = event.envelope(prev_position)
     try:
         return _with_data(envelope)
-    except msgspec.ValidationError:
+    except msgspec.DecodeError:  # ValidationError included
         return Decoded(envelope, None, "invalid-data")
 
 
 def _with_data(envelope: Envelope) -> Decoded:
     """The envelope with its data decoded; data None for a type this version does not know.
-    Raises msgspec.ValidationError when the data does not match its known type."""
+    Raises msgspec.DecodeError when the data does not match its known type."""
     if envelope.type not in EVENT_TYPES:
         return Decoded(envelope, None, "unknown-type")
     return Decoded(envelope, decode_data(envelope.type, envelope.data))

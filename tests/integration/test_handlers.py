@@ -50,7 +50,7 @@ async def test_product_stream_versions_follow_each_change(pool: asyncpg.Pool) ->
         (2, "ProductRestocked"),
     ]
     assert result.position == events[-1]["position"]
-    restocked = decode_data("ProductRestocked", msgspec.json.decode(events[-1]["data"]))
+    restocked = decode_data("ProductRestocked", events[-1]["data"].encode())
     assert restocked.stock == 5  # type: ignore[attr-defined]
     assert msgspec.json.decode(events[-1]["metadata"]) == {"correlation_id": "test"}
 

@@ -254,7 +254,9 @@ async def test_undecodable_messages_are_parked_and_the_projector_continues(
 ) -> None:
     projector = await projectors.start()
     all_envelopes = envelopes(log)
-    broken = msgspec.structs.replace(all_envelopes[5], data={"product_id": "not-a-uuid"})
+    broken = msgspec.structs.replace(
+        all_envelopes[5], data=msgspec.Raw(b'{"product_id": "not-a-uuid"}')
+    )
     for envelope in all_envelopes[:5]:
         await publish(channel, env, envelope)
     await publish_raw(channel, env, b"this is not json", "OrderPlaced")

@@ -44,7 +44,7 @@ def envelope(type_name: str, position: int, version: int = 1, **data: Any) -> En
         prev_position=position - 1,
         occurred_at=AT,
         correlation_id=None,
-        data=data,
+        data=msgspec.Raw(msgspec.json.encode(data)),
     )
 
 
