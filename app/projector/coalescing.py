@@ -2,19 +2,21 @@
 
 A batch touches many documents several times (a product's stock on every order, a customer's
 counters, an order placed and paid). `coalesce` merges consecutive writes to the same document
-into one update whose fence is the *first* write's fence, so the merged write applies exactly
-when the document is still before the batch. When the document had already moved past that
-fence (a redelivery after a crash), the merged write matches nothing: the caller notices the
-shortfall and falls back to the one-write-per-event path, whose fences sort it out.
+into one update fenced by every merged write's fence (the first's for a field they share), so
+the merged write applies exactly when the document is still before the batch. When the document
+had already moved past a fence (a redelivery after a crash), the merged write matches nothing:
+the caller notices the shortfall and falls back to the one-write-per-event path, whose fences
+sort it out.
 
-Pure: no I/O. Updates use only $set, $inc, $push, $max and $setOnInsert; a write that cannot
-be merged into its document's pending one (say, an $inc of a field set only on insert) starts a
-new write for that document, after the pending one.
+Pure: no I/O, and no input is changed: a merged update is built fresh (new operator and field
+dicts; values are shared and never mutated), far cheaper than deep copies. Updates use only
+$set, $inc, $push, $max and $setOnInsert; a write that cannot be merged into its document's
+pending one (say, an $inc of a field set only on insert) starts a new write for that document,
+after the pending one.
 """
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable, Sequence
 from typing import Any, Final
 
@@ -45,13 +47,13 @@ def coalesce(writes: Sequence[Write]) -> list[Write]:
                 )
                 continue
         pending[key] = len(merged)
-        merged.append(write._replace(update=copy.deepcopy(write.update)))
+        merged.append(write)
     return merged
 
 
 def _merge(first: Update, then: Update) -> Update | None:
     """One update doing `first` then `then`, or None when that cannot be expressed."""
-    result = copy.deepcopy(first)
+    result = {operator: dict(fields) for operator, fields in first.items()}
     pushes = result.get("$push", {})
     for name, value in pushes.items():
         if not (isinstance(value, dict) and "$each" in value):
@@ -82,7 +84,7 @@ def _fold(result: Update, sets: dict[str, Any], operator: str, name: str, value:
 def _fold_set(result: Update, sets: dict[str, Any], name: str, value: Any) -> bool:
     for other in ("$inc", "$push", "$max", "$setOnInsert"):
         result.get(other, {}).pop(name, None)
-    sets[name] = copy.deepcopy(value)
+    sets[name] = value
     return True
 
 
@@ -103,12 +105,13 @@ def _fold_inc(result: Update, sets: dict[str, Any], name: str, value: Any) -> bo
 
 def _fold_push(result: Update, sets: dict[str, Any], name: str, value: Any) -> bool:
     if name in sets:
-        sets[name] = [*sets[name], copy.deepcopy(value)]
+        sets[name] = [*sets[name], value]
     elif name in result.get("$setOnInsert", {}):
         return False
     else:
         pushes = result.setdefault("$push", {})
-        pushes.setdefault(name, {"$each": []})["$each"].append(copy.deepcopy(value))
+        earlier = pushes.get(name, {"$each": []})["$each"]
+        pushes[name] = {"$each": [*earlier, value]}
     return True
 
 
