@@ -8,7 +8,7 @@ import uuid
 from typing import Final, TypeVar
 
 import msgspec
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 
 from app.plumbing.problems import (
     InvalidRequest,
@@ -26,6 +26,13 @@ _ETAG = re.compile(r'^"(\d{1,9})"$')
 _ERROR_PATH = re.compile(r"^(?P<message>.*) - at `(?P<path>\$[^`]*)`$", re.DOTALL)
 
 
+class ClientGone(Problem):
+    """The client went away (or sent a body the server could not parse) mid-body."""
+
+    status = 400
+    slug = "incomplete-body"
+
+
 async def read_body(request: Request, limit: int = MAX_BODY_BYTES) -> bytes:
     """The raw body, refusing with 413 as soon as it is known to exceed `limit`."""
     declared = request.headers.get("content-length")
@@ -36,11 +43,16 @@ async def read_body(request: Request, limit: int = MAX_BODY_BYTES) -> bytes:
             raise PayloadTooLarge(f"the body may be at most {limit} bytes", limit=limit)
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(f"the body may be at most {limit} bytes", limit=limit)
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise PayloadTooLarge(f"the body may be at most {limit} bytes", limit=limit)
+            chunks.append(chunk)
+    except ClientDisconnect:
+        # A client that went away (or sent a body the server could not parse) is not an error
+        # of ours: nothing was written, and the answer reaches nobody.
+        raise ClientGone("the client went away before sending the whole body") from None
     return b"".join(chunks)
 
 

@@ -24,6 +24,7 @@ from app.commands.errors import (
 from app.contracts.events import (
     CUSTOMER_ID_CHARS,
     CUSTOMER_ID_MAX,
+    TEXT_END,
     EventData,
     OrderCancelled,
     OrderLine,
@@ -38,7 +39,10 @@ MAX_LINES: Final = 50
 MAX_QUANTITY: Final = 100_000
 
 CustomerIdText = Annotated[
-    str, msgspec.Meta(min_length=1, max_length=CUSTOMER_ID_MAX, pattern=f"^{CUSTOMER_ID_CHARS}$")
+    str,
+    msgspec.Meta(
+        min_length=1, max_length=CUSTOMER_ID_MAX, pattern=f"^{CUSTOMER_ID_CHARS}{TEXT_END}"
+    ),
 ]
 Action = Literal["pay", "ship", "cancel"]
 

@@ -10,7 +10,7 @@ import msgspec
 
 from app.commands.errors import ProductNotFound, SkuTaken, StockLimitExceeded
 from app.commands.outbox import EventMetadata, append_events
-from app.contracts.events import NewEvent, Position, ProductCreated, ProductRestocked
+from app.contracts.events import TEXT_END, NewEvent, Position, ProductCreated, ProductRestocked
 
 MAX_PRICE_CENTS: Final = 1_000_000_000
 MAX_STOCK: Final = 1_000_000_000_000
@@ -18,10 +18,14 @@ MAX_RESTOCK: Final = 1_000_000_000
 
 # Printable text only: control characters and lone surrogates cannot be stored or shown.
 PrintableText = Annotated[
-    str, msgspec.Meta(min_length=1, max_length=200, pattern=r"^[^\x00-\x1f\x7f\ud800-\udfff]+$")
+    str,
+    msgspec.Meta(
+        min_length=1, max_length=200, pattern=rf"^[^\x00-\x1f\x7f\ud800-\udfff]+{TEXT_END}"
+    ),
 ]
 Sku = Annotated[
-    str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._\-]*$")
+    str,
+    msgspec.Meta(min_length=1, max_length=64, pattern=rf"^[A-Za-z0-9][A-Za-z0-9._\-]*{TEXT_END}"),
 ]
 
 

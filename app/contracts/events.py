@@ -23,6 +23,10 @@ ORDER_STATUSES: Final[tuple[OrderStatus, ...]] = get_args(OrderStatus)
 # A customer id, as commands accept it and queries look it up: these characters, 1 to 64 of them.
 CUSTOMER_ID_CHARS: Final = r"[A-Za-z0-9][A-Za-z0-9._:@\-]*"
 CUSTOMER_ID_MAX: Final = 64
+# The end of the text, for patterns that must match all of it: `$` also matches before a final
+# newline in Python's regexes (so "A-1\n" passed `^[A-Z0-9-]+$`), `\Z` is not ECMA-262 (the
+# OpenAPI document's dialect); "not followed by any character" means the same in both.
+TEXT_END: Final = r"(?![\s\S])"
 
 
 class EventData(msgspec.Struct, frozen=True, kw_only=True):

@@ -3,6 +3,7 @@ never a 500, and nothing written."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from typing import Any
 
@@ -50,6 +51,9 @@ PRODUCT_CASES: list[tuple[str, bytes | str, dict[str, str], int]] = [
     ("nul in name", b'{"sku": "A1", "name": "a\\u0000b", "price_cents": 1}', JSON, 422),
     ("lone surrogate", b'{"sku": "A1", "name": "a\\ud800b", "price_cents": 1}', JSON, 400),
     ("empty sku", b'{"sku": "", "name": "x", "price_cents": 1}', JSON, 422),
+    # `$` matches before a final newline: "NL-1" and "NL-1\n" must not both be skus
+    ("trailing newline in sku", b'{"sku": "NL-1\\n", "name": "x", "price_cents": 1}', JSON, 422),
+    ("trailing newline in name", b'{"sku": "NL-1", "name": "x\\n", "price_cents": 1}', JSON, 422),
     ("deep nesting", b"[" * 100_000 + b"]" * 100_000, JSON, 413),
     ("nested deep but small", b'{"sku": ' + b"[" * 5000 + b"]" * 5000 + b"}", JSON, 422),
     (
@@ -134,6 +138,7 @@ ORDER_CASES: list[tuple[str, Any, int]] = [
     ("customer id too long", lambda p: {**_order(p), "customer_id": "c" * 65}, 422),
     ("customer id with operator", lambda p: {**_order(p), "customer_id": {"$ne": None}}, 422),
     ("customer id with spaces", lambda p: {**_order(p), "customer_id": "a b"}, 422),
+    ("customer id with a final newline", lambda p: {**_order(p), "customer_id": "c1\n"}, 422),
     ("more than in stock", lambda p: _order(p, 6), 409),
 ]
 
@@ -219,3 +224,30 @@ async def test_wrong_method_lists_allowed(client: httpx.AsyncClient) -> None:
     response = await client.delete("/orders")
     assert response.status_code == 405
     assert "POST" in response.headers["allow"]
+
+
+@pytest.mark.parametrize(
+    "request_head",
+    [
+        b"POST /products HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Content-Length: 100\r\n\r\n{}",
+        b"POST /products HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\nzz\r\n{}",
+    ],
+    ids=["body cut short", "invalid chunk size"],
+)
+async def test_a_client_that_goes_away_mid_body_is_not_an_error_of_ours(
+    client: httpx.AsyncClient, caplog: pytest.LogCaptureFixture, request_head: bytes
+) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", client.base_url.port)
+    writer.write(request_head)
+    await writer.drain()
+    writer.close()
+    await writer.wait_closed()
+    del reader
+    # the server is still well, and logged no traceback for it
+    response = await client.get("/health/live")
+    assert response.status_code == 200
+    await asyncio.sleep(0.2)
+    tracebacks = [r for r in caplog.records if r.exc_info is not None or r.levelname == "ERROR"]
+    assert tracebacks == []
