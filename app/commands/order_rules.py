@@ -112,6 +112,7 @@ def decide_place_order(
         lines=lines,
         total_cents=sum(line.line_total_cents for line in lines),
         placed_at=placed_at,
+        item_count=sum(line.quantity for line in lines),
     )
     reserved = [
         StockReserved(

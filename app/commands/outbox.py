@@ -50,14 +50,16 @@ def _append(statement: Statement, events: Sequence[NewEvent], metadata: EventMet
         (statement.bind([e.stream_id for e in events]), "text[]"),
         (statement.bind([e.stream_version for e in events]), "int[]"),
         (statement.bind([e.type for e in events]), "text[]"),
+        (statement.bind([e.schema_version for e in events]), "int[]"),
         (statement.bind([_encoder.encode(e.data).decode() for e in events]), "jsonb[]"),
     )
     columns = ", ".join(f"{placeholder}::{cast}" for placeholder, cast in arrays)
     meta = statement.bind(_encoder.encode(metadata).decode())
     return f"""
-INSERT INTO events (stream_type, stream_id, stream_version, type, data, metadata)
-SELECT e.stream_type, e.stream_id, e.stream_version, e.type, e.data, {meta}::jsonb
-FROM unnest({columns}) WITH ORDINALITY AS e(stream_type, stream_id, stream_version, type, data, n)
+INSERT INTO events (stream_type, stream_id, stream_version, type, schema_version, data, metadata)
+SELECT e.stream_type, e.stream_id, e.stream_version, e.type, e.schema_version, e.data, {meta}::jsonb
+FROM unnest({columns})
+     WITH ORDINALITY AS e(stream_type, stream_id, stream_version, type, schema_version, data, n)
 ORDER BY e.n
 RETURNING position
 """

@@ -20,6 +20,7 @@ import asyncpg
 import msgspec
 
 from app.contracts.events import Envelope
+from app.contracts.upcasting import upcast
 
 
 class LoggedEvent(msgspec.Struct, frozen=True, kw_only=True):
@@ -35,10 +36,12 @@ class LoggedEvent(msgspec.Struct, frozen=True, kw_only=True):
     data: str  # the JSON text of `events.data`, passed through undecoded
 
     def envelope(self, prev_position: int) -> Envelope:
+        """The event as published, in its current shape (app/contracts/upcasting.py)."""
+        version, data = upcast(self.type, self.schema_version, self.data.encode())
         return Envelope(
             event_id=self.event_id,
             type=self.type,
-            schema_version=self.schema_version,
+            schema_version=version,
             stream_type=self.stream_type,
             stream_id=self.stream_id,
             stream_version=self.stream_version,
@@ -46,7 +49,7 @@ class LoggedEvent(msgspec.Struct, frozen=True, kw_only=True):
             prev_position=prev_position,
             occurred_at=self.occurred_at,
             correlation_id=self.correlation_id,
-            data=msgspec.Raw(self.data.encode()),
+            data=msgspec.Raw(data),
         )
 
 

@@ -14,6 +14,8 @@ from typing import Final, Literal, NewType, get_args
 
 import msgspec
 
+from app.contracts.upcasting import current_version
+
 Position = NewType("Position", int)
 
 StreamType = Literal["order", "product"]
@@ -73,11 +75,15 @@ class OrderLine(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class OrderPlaced(EventData, frozen=True, kw_only=True):
+    """Schema version 2: `item_count` (units over all lines) is new; version 1 events are
+    upcast (app/contracts/upcasting.py)."""
+
     order_id: uuid.UUID
     customer_id: str
     lines: tuple[OrderLine, ...]
     total_cents: int
     placed_at: datetime
+    item_count: int
 
 
 class OrderPaid(EventData, frozen=True, kw_only=True):
@@ -133,6 +139,11 @@ class NewEvent(msgspec.Struct, frozen=True, kw_only=True):
     @property
     def type(self) -> str:
         return event_type(self.data)
+
+    @property
+    def schema_version(self) -> int:
+        """Writers always write the newest version."""
+        return current_version(self.type)
 
 
 class Envelope(msgspec.Struct, frozen=True, kw_only=True):

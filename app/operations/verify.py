@@ -73,7 +73,9 @@ LEFT JOIN orders o ON o.order_id = l.order_id
 GROUP BY p.product_id
 """
 _ORDERS = """
-SELECT order_id::text AS id, customer_id, status, total_cents, version, placed_at FROM orders
+SELECT o.order_id::text AS id, o.customer_id, o.status, o.total_cents, o.version, o.placed_at,
+       (SELECT sum(l.quantity) FROM order_lines l WHERE l.order_id = o.order_id) AS item_count
+FROM orders o
 """
 _LINES = """
 SELECT l.order_id::text AS id, l.product_id::text AS product_id, p.sku, p.name, l.quantity,

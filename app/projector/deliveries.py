@@ -16,6 +16,7 @@ import msgspec
 
 from app.contracts.eventlog import LoggedEvent
 from app.contracts.events import EVENT_TYPES, Envelope, EventData, decode_data
+from app.contracts.upcasting import upcast
 
 _decoder = msgspec.json.Decoder(Envelope)
 
@@ -80,6 +81,9 @@ def _with_data(envelope: Envelope) -> Decoded:
     Raises msgspec.DecodeError when the data does not match its known type."""
     if envelope.type not in EVENT_TYPES:
         return Decoded(envelope, None, "unknown-type")
+    version, data = upcast(envelope.type, envelope.schema_version, envelope.data)
+    if version != envelope.schema_version:  # published before an upgrade
+        envelope = msgspec.structs.replace(envelope, schema_version=version, data=msgspec.Raw(data))
     return Decoded(envelope, decode_data(envelope.type, envelope.data))
 
 

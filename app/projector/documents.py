@@ -4,7 +4,8 @@ Read model (MongoDB). `_id` is the id as a string, datetimes are BSON dates (UTC
 precision), amounts are integer cents. This is the contract the query side reads:
 
 - `orders`: {_id, order_id, customer_id, status, lines: [{product_id, sku, name, quantity,
-  unit_price_cents, line_total_cents}], total_cents, status_history: [{status, at, position}],
+  unit_price_cents, line_total_cents}], total_cents, item_count, status_history: [{status, at,
+  position}],
   placed_at, updated_at, version, position}. `version` is the order stream's version last
   applied, `position` the log position of that event. Indexes: (customer_id 1, placed_at -1,
   _id -1) and (customer_id 1, status 1, placed_at -1, _id -1) for "a customer's orders, newest
@@ -105,6 +106,7 @@ def apply_order_placed(envelope: Envelope, data: OrderPlaced) -> list[Write]:
             for line in data.lines
         ],
         "total_cents": data.total_cents,
+        "item_count": data.item_count,
         "status_history": [{"status": "placed", "at": data.placed_at, "position": position}],
         "placed_at": data.placed_at,
         **_stamp(envelope),

@@ -36,6 +36,9 @@ class OrderBody(msgspec.Struct, frozen=True, kw_only=True):
     status: str
     lines: list[OrderLineBody]
     total_cents: int
+    # units over all lines (OrderPlaced v2); null in a document projected before the upgrade
+    # until the read model is rebuilt
+    item_count: int | None = None
     status_history: list[StatusChangeBody] = []
     placed_at: datetime
     updated_at: datetime

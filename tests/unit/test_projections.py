@@ -63,7 +63,12 @@ def test_order_placed_upserts_the_order_and_the_customer_behind_fences() -> None
         line_total_cents=10,
     )
     data = OrderPlaced(
-        order_id=order_id, customer_id="c1", lines=(line,), total_cents=10, placed_at=AT
+        order_id=order_id,
+        customer_id="c1",
+        lines=(line,),
+        total_cents=10,
+        placed_at=AT,
+        item_count=2,
     )
     order, customer = apply_order_placed(envelope("OrderPlaced", 7), data)
     assert order.collection == "orders"
