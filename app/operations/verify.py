@@ -6,14 +6,16 @@ sales and version, every order's status, total, lines and version, and every cus
 count, spend and last order time, as PostgreSQL computes them from its own tables. While events
 keep arriving the two legitimately differ; run it on a quiet system. Streams held behind a
 parked event (app/projector/holds.py) are reported apart: the differences their documents show
-(the held product or order, and the order's customer) do not fail it.
+(the held product or order, and the order's customer) do not fail it. Both sides are read in
+`_id` order, a chunk at a time, and merged, so memory stays flat however large the read model;
+the report keeps the first MAX_DIFFERENCES differences.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterable
+from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Any
 
@@ -27,7 +29,6 @@ from app.plumbing.settings import Settings
 from app.projector import holds
 
 Fields = dict[str, Any]
-Documents = dict[str, Fields]
 
 
 class Difference(msgspec.Struct, frozen=True, kw_only=True):
@@ -62,6 +63,8 @@ class Report(msgspec.Struct, kw_only=True):
         return self.caught_up and not self.differences
 
 
+# Each query yields one row per document in `_id` order (byte order, as MongoDB sorts strings),
+# so the comparison is a merge of two sorted streams: memory does not grow with the data.
 _PRODUCTS = """
 SELECT p.product_id::text AS id, p.sku, p.name, p.price_cents, p.stock, p.version,
        coalesce(sum(l.quantity) FILTER (WHERE o.status <> 'cancelled'), 0) AS units_sold,
@@ -71,17 +74,21 @@ FROM products p
 LEFT JOIN order_lines l ON l.product_id = p.product_id
 LEFT JOIN orders o ON o.order_id = l.order_id
 GROUP BY p.product_id
+ORDER BY p.product_id::text COLLATE "C"
 """
 _ORDERS = """
 SELECT o.order_id::text AS id, o.customer_id, o.status, o.total_cents, o.version, o.placed_at,
-       (SELECT sum(l.quantity) FROM order_lines l WHERE l.order_id = o.order_id) AS item_count
+       sum(l.quantity) AS item_count,
+       coalesce(json_agg(json_build_object(
+           'product_id', l.product_id::text, 'sku', p.sku, 'name', p.name,
+           'quantity', l.quantity, 'unit_price_cents', l.unit_price_cents,
+           'line_total_cents', l.quantity * l.unit_price_cents) ORDER BY l.line_no)
+           FILTER (WHERE l.order_id IS NOT NULL), '[]')::text AS lines
 FROM orders o
-"""
-_LINES = """
-SELECT l.order_id::text AS id, l.product_id::text AS product_id, p.sku, p.name, l.quantity,
-       l.unit_price_cents, l.quantity * l.unit_price_cents AS line_total_cents
-FROM order_lines l JOIN products p ON p.product_id = l.product_id
-ORDER BY l.order_id, l.line_no
+LEFT JOIN order_lines l ON l.order_id = o.order_id
+LEFT JOIN products p ON p.product_id = l.product_id
+GROUP BY o.order_id
+ORDER BY o.order_id::text COLLATE "C"
 """
 _CUSTOMERS = """
 SELECT customer_id AS id, count(*) AS order_count,
@@ -89,7 +96,11 @@ SELECT customer_id AS id, count(*) AS order_count,
            AS total_spent_cents,
        max(placed_at) AS last_order_at
 FROM orders GROUP BY customer_id
+ORDER BY customer_id COLLATE "C"
 """
+_EXPECTED = {PRODUCTS: _PRODUCTS, ORDERS: _ORDERS, CUSTOMERS: _CUSTOMERS}
+_CHUNK = 1000  # rows and documents read at a time
+MAX_DIFFERENCES = 10_000  # kept in the report; the count goes on
 
 
 async def verify(settings: Settings, wait_s: float = 30.0) -> Report:
@@ -102,9 +113,10 @@ async def verify(settings: Settings, wait_s: float = 30.0) -> Report:
         db = resources.db
         log_position = int(await conn.fetchval("SELECT coalesce(max(position), 0) FROM events"))
         read_position = await _wait_for_position(db, log_position, wait_s)
-        expected = await _expected(conn)
-        checked = {name: len(docs) for name, docs in expected.items()}
-        differences = [d for name, docs in expected.items() for d in await _compare(db, name, docs)]
+        checked: dict[str, int] = {}
+        differences: list[Difference] = []
+        for name, query in _EXPECTED.items():
+            checked[name] = await _compare(conn, db, name, query, differences)
         held, differences = await _held_apart(conn, differences)
     return Report(
         log_position=log_position,
@@ -156,28 +168,6 @@ async def _wait_for_position(db: AsyncDatabase[Fields], position: int, wait_s: f
         await asyncio.sleep(0.1)
 
 
-async def _expected(conn: asyncpg.Connection) -> dict[str, Documents]:
-    orders = _by_id(await conn.fetch(_ORDERS))
-    for order in orders.values():
-        order["lines"] = []
-    for line in await conn.fetch(_LINES):
-        fields = dict(line)
-        orders[fields.pop("id")]["lines"].append(fields)
-    return {
-        PRODUCTS: _by_id(await conn.fetch(_PRODUCTS)),
-        ORDERS: orders,
-        CUSTOMERS: _by_id(await conn.fetch(_CUSTOMERS)),
-    }
-
-
-def _by_id(rows: Iterable[asyncpg.Record]) -> Documents:
-    documents: Documents = {}
-    for row in rows:
-        fields = {k: _as_stored(v) for k, v in dict(row).items()}
-        documents[fields.pop("id")] = fields
-    return documents
-
-
 def _as_stored(value: Any) -> Any:
     """PostgreSQL values as the read model stores them: BSON dates keep milliseconds."""
     if isinstance(value, datetime):
@@ -185,25 +175,48 @@ def _as_stored(value: Any) -> Any:
     return value
 
 
-async def _compare(db: AsyncDatabase[Fields], name: str, expected: Documents) -> list[Difference]:
-    differences: list[Difference] = []
-    seen: set[str] = set()
-    async for document in db[name].find():
-        doc_id = str(document["_id"])
-        seen.add(doc_id)
-        if doc_id not in expected:
-            differences.append(
-                Difference(
-                    collection=name, id=doc_id, field="*", expected="absent", actual="present"
-                )
-            )
-            continue
-        differences += _compare_fields(name, doc_id, expected[doc_id], document)
-    differences += [
-        Difference(collection=name, id=doc_id, field="*", expected="present", actual="missing")
-        for doc_id in expected.keys() - seen
-    ]
-    return differences
+async def _compare(
+    conn: asyncpg.Connection,
+    db: AsyncDatabase[Fields],
+    name: str,
+    query: str,
+    differences: list[Difference],
+) -> int:
+    """Merge PostgreSQL's rows and the collection's documents, both in `_id` order, appending
+    what differs to `differences` (up to MAX_DIFFERENCES); returns how many rows it checked."""
+    checked = 0
+    async with conn.transaction(readonly=True, isolation="repeatable_read"):
+        expected = aiter(_rows(conn, query))
+        actual = aiter(db[name].find(sort=[("_id", 1)], batch_size=_CHUNK))
+        row, document = await anext(expected, None), await anext(actual, None)
+        while row is not None or document is not None:
+            found: list[Difference]
+            doc_id = None if document is None else str(document["_id"])
+            if row is not None and (doc_id is None or row[0] < doc_id):
+                found = [_whole(name, row[0], expected="present", actual="missing")]
+                row, checked = await anext(expected, None), checked + 1
+            elif row is None or (doc_id is not None and doc_id < row[0]):
+                assert doc_id is not None
+                found = [_whole(name, doc_id, expected="absent", actual="present")]
+                document = await anext(actual, None)
+            else:
+                found = _compare_fields(name, row[0], row[1], document or {})
+                row, checked = await anext(expected, None), checked + 1
+                document = await anext(actual, None)
+            differences += found[: max(0, MAX_DIFFERENCES - len(differences))]
+    return checked
+
+
+async def _rows(conn: asyncpg.Connection, query: str) -> AsyncIterator[tuple[str, Fields]]:
+    async for record in conn.cursor(query, prefetch=_CHUNK):
+        fields = {k: _as_stored(v) for k, v in dict(record).items()}
+        if "lines" in fields:
+            fields["lines"] = msgspec.json.decode(fields["lines"])
+        yield fields.pop("id"), fields
+
+
+def _whole(name: str, doc_id: str, *, expected: str, actual: str) -> Difference:
+    return Difference(collection=name, id=doc_id, field="*", expected=expected, actual=actual)
 
 
 def _compare_fields(name: str, doc_id: str, expected: Fields, actual: Fields) -> list[Difference]:
