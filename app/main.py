@@ -13,12 +13,13 @@ from typing import Any
 import asyncpg
 from pymongo.asynchronous.database import AsyncDatabase
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 
 from app.commands import idempotency
 from app.commands.routes import CommandContext
 from app.commands.routes import routes as command_routes
 from app.contracts.topology import Topology
-from app.operations import health, openapi
+from app.operations import health, metrics, openapi
 from app.plumbing import problems
 from app.plumbing.failures import POSTGRES_FAILURES
 from app.plumbing.resources import Resources, connect_broker, connect_postgres, open_resources
@@ -137,6 +138,7 @@ def _start_pipeline(
 def create_app(settings: Settings) -> Starlette:
     """The whole service as an ASGI app. Migrations are not run here (`python -m app` runs
     them before serving), so tests and extra replicas build the app the same way."""
+    telemetry = metrics.Metrics()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -151,12 +153,18 @@ def create_app(settings: Settings) -> Starlette:
                 idempotency_ttl_s=settings.idempotency_ttl_s,
                 acquire_timeout_s=settings.command_timeout_s,
                 on_commit=commit_signal.set,
+                on_outcome=telemetry.command,
             )
             app.state.queries = QueryContext(
                 db=resources.db, waiter=waiter, read_wait_max_s=settings.read_wait_max_s
             )
+            telemetry.watch(relay, projector)
             app.state.operations = health.OperationsContext(
-                resources=resources, waiter=waiter, relay=relay, projector=projector
+                resources=resources,
+                waiter=waiter,
+                relay=relay,
+                projector=projector,
+                metrics=telemetry,
             )
             try:
                 yield
@@ -171,6 +179,7 @@ def create_app(settings: Settings) -> Starlette:
             *openapi.routes(),
         ],
         lifespan=lifespan,
+        middleware=[Middleware(metrics.RequestTimer, metrics=telemetry)],
     )
     app.state.openapi = openapi.encoded()
     problems.install(app)

@@ -25,7 +25,7 @@ from app.commands.order_rules import Action, OrderResult, PlaceOrder
 from app.commands.orders import place_order, transition_order
 from app.commands.outbox import EventMetadata
 from app.commands.products import CreateProduct, RestockProduct, create_product, restock_product
-from app.plumbing.problems import ServiceUnavailable
+from app.plumbing.problems import Problem, ServiceUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +50,8 @@ class CommandContext:
     idempotency_ttl_s: int
     acquire_timeout_s: float
     on_commit: Callable[[], None]
+    # (command, outcome): ok, replayed, refused (4xx), unavailable (503) or error (a metric)
+    on_outcome: Callable[[str, str], None] = lambda command, outcome: None
 
 
 Handler = Callable[[asyncpg.Connection, EventMetadata], Awaitable[msgspec.Struct]]
@@ -73,13 +75,36 @@ def _success(
 
 async def execute(
     request: Request,
+    command: str,
     handler: Handler,
     *,
     status: int = 200,
     location: Callable[[Any], str] | None = None,
     request_identity: bytes = b"",
 ) -> Response:
+    """Run `handler` as the command named `command` and report its outcome."""
     context = _context(request)
+    try:
+        response = await _execute(request, context, handler, status, location, request_identity)
+    except Problem as problem:
+        context.on_outcome(command, "refused" if problem.status < 500 else "unavailable")
+        raise
+    except Exception:
+        context.on_outcome(command, "error")
+        raise
+    replayed = "Idempotent-Replayed" in response.headers
+    context.on_outcome(command, "replayed" if replayed else "ok")
+    return response
+
+
+async def _execute(
+    request: Request,
+    context: CommandContext,
+    handler: Handler,
+    status: int,
+    location: Callable[[Any], str] | None,
+    request_identity: bytes,
+) -> Response:
     key = idempotency_key(request)
     meta = EventMetadata(correlation_id=correlation_id(request), idempotency_key=key)
     fingerprint = idempotency.fingerprint(
@@ -142,6 +167,7 @@ async def post_products(request: Request) -> Response:
     cmd = await decode_json(request, CreateProduct)
     return await execute(
         request,
+        "create_product",
         lambda conn, meta: create_product(conn, cmd, meta),
         status=201,
         location=lambda r: f"/products/{r.product_id}",
@@ -154,6 +180,7 @@ async def post_restock(request: Request) -> Response:
     cmd = await decode_json(request, RestockProduct)
     return await execute(
         request,
+        "restock_product",
         lambda conn, meta: restock_product(conn, product_id, cmd, meta),
         request_identity=_encoder.encode(cmd),
     )
@@ -163,6 +190,7 @@ async def post_orders(request: Request) -> Response:
     cmd = await decode_json(request, PlaceOrder)
     return await execute(
         request,
+        "place_order",
         lambda conn, meta: place_order(conn, cmd, meta),
         status=201,
         location=lambda r: f"/orders/{r.order_id}",
@@ -175,7 +203,9 @@ def _transition(action: Action) -> Callable[[Request], Awaitable[Response]]:
         order_id: uuid.UUID = request.path_params["order_id"]
         version = expected_version(request)
         return await execute(
-            request, lambda conn, meta: transition_order(conn, order_id, action, version, meta)
+            request,
+            f"{action}_order",
+            lambda conn, meta: transition_order(conn, order_id, action, version, meta),
         )
 
     endpoint.__name__ = f"post_order_{action}"

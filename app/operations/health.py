@@ -1,5 +1,5 @@
 """Operations endpoints: liveness, readiness (each dependency and the read model's lag) and
-Prometheus metrics. They observe the parts; they never change anything."""
+the Prometheus scrape. They observe the parts; they never change anything."""
 
 from __future__ import annotations
 
@@ -9,32 +9,18 @@ from typing import Any, Protocol
 
 import asyncpg
 import msgspec
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pymongo.errors import PyMongoError
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from app.operations.metrics import Metrics, ProjectorStatus, RelayStatus
 from app.plumbing.failures import POSTGRES_FAILURES
 from app.plumbing.resources import Resources
 from app.projector import holds
-from app.projector.counters import ProjectorCounters
 
 _PROBE_TIMEOUT_S = 2.0
-
-
-class RelayStatus(Protocol):
-    is_leader: bool
-    connected: bool
-    published_position: int
-    waiting_on_gap: int | None
-
-
-class ProjectorStatus(Protocol):
-    connected: bool
-    counters: ProjectorCounters
-
-    @property
-    def position(self) -> int: ...
 
 
 class PositionSource(Protocol):
@@ -48,6 +34,7 @@ class OperationsContext:
     waiter: PositionSource
     relay: RelayStatus | None
     projector: ProjectorStatus | None
+    metrics: Metrics
 
 
 def _context(request: Request) -> OperationsContext:
@@ -145,63 +132,30 @@ Sample = tuple[str, str, str, int]
 
 
 async def metrics(request: Request) -> Response:
-    """Prometheus text exposition of the pipeline's positions, lag and counters."""
+    """Prometheus exposition (app/operations/metrics.py): the pipeline's positions, lag,
+    holds and counters, request latencies, commands, the PostgreSQL pool."""
     context = _context(request)
-    applied = context.waiter.current
-    samples = await _log_samples(context.resources.pool, applied)
-    samples.append(("shop_read_model_position", "gauge", "Applied position known here.", applied))
-    if context.relay is not None:
-        samples += _relay_samples(context.relay)
-    if context.projector is not None:
-        samples += _projector_samples(context.projector)
-    lines = [
-        line
-        for name, kind, help_text, value in samples
-        for line in (f"# HELP {name} {help_text}", f"# TYPE {name} {kind}", f"{name} {value}")
-    ]
-    return Response("\n".join(lines) + "\n", media_type="text/plain; version=0.0.4")
+    await _refresh(context)
+    body = generate_latest(context.metrics.registry)
+    return Response(body, media_type=CONTENT_TYPE_LATEST)
 
 
-async def _log_samples(pool: asyncpg.Pool, applied: int) -> list[Sample]:
+async def _refresh(context: OperationsContext) -> None:
+    """Set the gauges read from PostgreSQL and this process for the scrape under way."""
+    m, pool, applied = context.metrics, context.resources.pool, context.waiter.current
+    m.read_position.set(applied)
+    m.pool(pool)
     try:
         head = await _log_head(pool)
-    except POSTGRES_FAILURES:
-        return [("shop_postgres_up", "gauge", "PostgreSQL answered.", 0)]
-    lag = "Events committed but not yet applied to the read model."
-    samples: list[Sample] = [
-        ("shop_event_log_position", "gauge", "Last committed event position.", head),
-        ("shop_read_model_lag_events", "gauge", lag, max(0, head - applied)),
-    ]
-    try:
         held, parked = await _held(pool)
     except POSTGRES_FAILURES:
-        return samples
-    return [
-        *samples,
-        ("shop_held_streams", "gauge", "Streams held behind an event that cannot be applied.",
-         held),
-        ("shop_parked_events", "gauge", "Events parked, waiting for retry or skip.", parked),
-    ]  # fmt: skip
-
-
-def _relay_samples(relay: RelayStatus) -> list[Sample]:
-    gap = "Missing position the relay waits on (0: none): a transaction still open drew it."
-    return [
-        ("shop_relay_leader", "gauge", "1 when this replica's relay publishes.",
-         int(relay.is_leader)),
-        ("shop_relay_connected", "gauge", "Relay connected to the broker.", int(relay.connected)),
-        ("shop_relay_published_position", "gauge", "Highest position confirmed by the broker.",
-         relay.published_position),
-        ("shop_relay_waiting_on_gap", "gauge", gap, relay.waiting_on_gap or 0),
-    ]  # fmt: skip
-
-
-def _projector_samples(projector: ProjectorStatus) -> list[Sample]:
-    connected = ("shop_projector_connected", "gauge", "Projector consuming.")
-    return [(*connected, int(projector.connected))] + [
-        (f"shop_projector_{name}_total", "counter", help_text, value)
-        for name, value, help_text in projector.counters.items()
-    ]
+        m.postgres_up.set(0)
+        return
+    m.postgres_up.set(1)
+    m.log_position.set(head)
+    m.lag_events.set(max(0, head - applied))
+    m.held.set(held)
+    m.parked.set(parked)
 
 
 def routes() -> list[Route]:

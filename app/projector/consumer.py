@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Final, TypeVar
@@ -12,6 +13,7 @@ from typing import Any, Final, TypeVar
 import aiormq
 import aiormq.abc
 import asyncpg
+from prometheus_client import Histogram
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import PyMongoError
 
@@ -38,6 +40,7 @@ _DISCONNECTED: Final = (aiormq.AMQPError, aiormq.ChannelInvalidStateError, Conne
 
 
 _GAP_CHUNK: Final = 5000  # positions read from the log and applied at a time
+_LAG_BUCKETS: Final = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +82,13 @@ class Projector:
         self._idle_position = -1
         self.connected = False
         self.counters = ProjectorCounters()
+        # unregistered: the app's metrics collector exports it (app/operations/metrics.py)
+        self.lag_seconds = Histogram(
+            "shop_read_model_lag_seconds",
+            "From an event's transaction time to the projector storing it.",
+            buckets=_LAG_BUCKETS,
+            registry=None,
+        )
         self._guard = GuardedStore(
             db, pool, self.counters, config.poison_attempts, (backoff_initial_s, backoff_max_s)
         )
@@ -165,6 +175,9 @@ class Projector:
             return
         await self._guard.store(events, expected=self._position)
         self._position = events[-1].position
+        stored_at = time.time()
+        for event in events:
+            self.lag_seconds.observe(stored_at - event.envelope.occurred_at.timestamp())
         for event in events:
             if event.skipped == "invalid-data":
                 self.counters.invalid_events += 1

@@ -49,6 +49,11 @@ class ConfirmWindow:
         self._in_flight: deque[tuple[int, asyncio.Task[Any]]] = deque()
         self._failure: PublishFailed | None = None
         self.confirmed = 0
+        self.confirmed_count = 0  # messages confirmed on this channel (a metric)
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._in_flight)
 
     async def publish(self, event: LoggedEvent, prev_position: int) -> None:
         """Send one message, waiting for a free slot first; raises PublishFailed once any
@@ -89,6 +94,8 @@ class ConfirmWindow:
             self._fail(PublishFailed("a publish was cancelled before its confirm"))
         elif (exc := task.exception()) is not None:
             self._fail(PublishFailed(f"a publish failed: {exc!r}"))
+        else:
+            self.confirmed_count += 1
         while self._in_flight and _succeeded(self._in_flight[0][1]):
             self.confirmed = self._in_flight.popleft()[0]
 

@@ -67,7 +67,7 @@ class Relay:
     every `config.poll_interval_s` (commits from other replicas). Status for health
     and metrics: `is_leader`, `connected` (to the broker, while leading), `published_position`
     (highest position confirmed by the broker with all its predecessors), `waiting_on_gap`
-    (the missing position it is proving, if any)."""
+    (the missing position it is proving, if any), `published` and `in_flight` (messages)."""
 
     def __init__(
         self,
@@ -86,6 +86,8 @@ class Relay:
         self.waiting_on_gap: int | None = None
         self.lock_session_pid: int | None = None  # the backend holding (or seeking) the lock
         self.broker_connection: aiormq.abc.AbstractConnection | None = None
+        self._window: ConfirmWindow | None = None
+        self._published_before = 0  # confirmed on earlier channels
         self._saved_position = 0
         self._lost_lead = False
 
@@ -103,6 +105,17 @@ class Relay:
                 log.exception("relay %s: unexpected failure, will retry", self._name)
             delay = backoff.next_delay()
             await asyncio.sleep(max(delay, HANDOVER_GRACE_S) if self._lost_lead else delay)
+
+    @property
+    def published(self) -> int:
+        """Messages the broker confirmed since this relay started."""
+        current = self._window.confirmed_count if self._window is not None else 0
+        return self._published_before + current
+
+    @property
+    def in_flight(self) -> int:
+        """Messages published and not yet confirmed."""
+        return self._window.in_flight if self._window is not None else 0
 
     @property
     def _name(self) -> str:
@@ -168,10 +181,13 @@ class Relay:
                 channel, self._config.topology.exchange, self._config.confirm_window
             )
             window.confirmed = self.published_position
+            self._window = window
             try:
                 await self._pump(session, connection, window, tracker)
             finally:
                 self.published_position = window.confirmed
+                self._published_before += window.confirmed_count
+                self._window = None
                 window.abandon()
         finally:
             self.connected = False

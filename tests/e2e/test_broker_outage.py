@@ -131,7 +131,7 @@ async def test_commands_succeed_during_a_broker_outage_and_nothing_is_lost(
         during = [await _order(http, product, f"during-{i % 3}") for i in range(30)]
         for placed in during[::3]:
             await http.post(f"/orders/{placed['order_id']}/pay")
-        await _until_metric(http, "shop_relay_connected 0")
+        await _until_metric(http, "shop_relay_connected 0.0")
         await proxy.restore()
 
         last = await _order(http, product, "after")
