@@ -2,7 +2,7 @@
 process never collide), a request timer labelled by route template, and a collector that reads
 the relay's and the projector's status at scrape time.
 
-Names (docs/architecture.md §9): `http_request_duration_seconds{method,route,status}`,
+Names (README "Operating it"): `http_request_duration_seconds{method,route,status}`,
 `shop_commands_total{command,outcome}`, `shop_event_log_position`, `shop_read_model_position`,
 `shop_read_model_lag_events`, `shop_read_model_lag_seconds` (histogram: an event's transaction
 time to the projector storing it), `shop_held_streams`, `shop_parked_events`, `shop_postgres_up`,
