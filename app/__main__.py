@@ -10,6 +10,7 @@ import asyncio
 import logging
 import sys
 
+from app.plumbing import logs
 from app.plumbing.migrate import MigrationError, migrate
 from app.plumbing.settings import Settings, SettingsError
 
@@ -29,9 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    logs.configure(settings.log_level, settings.log_format)
     if args.command == "verify":
         from app.operations import verify
 
@@ -66,6 +65,7 @@ def serve(settings: Settings) -> int:
         http="httptools",
         lifespan="on",
         log_level=settings.log_level,
+        log_config=None,  # uvicorn's loggers propagate to ours (text or JSON lines)
         timeout_graceful_shutdown=10,
         access_log=False,
     )

@@ -25,6 +25,7 @@ from app.commands.order_rules import Action, OrderResult, PlaceOrder
 from app.commands.orders import place_order, transition_order
 from app.commands.outbox import EventMetadata
 from app.commands.products import CreateProduct, RestockProduct, create_product, restock_product
+from app.plumbing.logs import CORRELATION_ID
 from app.plumbing.problems import Problem, ServiceUnavailable
 
 log = logging.getLogger(__name__)
@@ -107,6 +108,7 @@ async def _execute(
 ) -> Response:
     key = idempotency_key(request)
     meta = EventMetadata(correlation_id=correlation_id(request), idempotency_key=key)
+    CORRELATION_ID.set(meta.correlation_id)  # the request's own context: its log lines
     fingerprint = idempotency.fingerprint(
         request.method, request.url.path, request.headers.get("if-match", ""), request_identity
     )

@@ -131,6 +131,7 @@ class GuardedStore:
             *holds.stream_of(event),
             attempts,
             error,
+            extra={"position": event.position, "correlation_id": event.envelope.correlation_id},
         )
         return False
 
@@ -154,5 +155,6 @@ class GuardedStore:
                 event.position,
                 event.envelope.type,
                 *holds.stream_of(event),
+                extra={"position": event.position, "correlation_id": event.envelope.correlation_id},
             )
         return [e for e in pending if holds.stream_of(e) not in held]
