@@ -25,6 +25,7 @@ class Settings:
     host: str = "127.0.0.1"
     port: int = 8000
     log_level: str = "info"
+    log_format: str = "text"  # or "json": one object per line (app/plumbing/logs.py)
 
     # PostgreSQL pool and command handling
     db_pool_min: int = 2
@@ -71,6 +72,8 @@ class Settings:
     def check(self) -> None:
         if not 1 <= self.port <= 65_535:
             raise SettingsError(f"PORT must be 1..65535, got {self.port}")
+        if self.log_format not in ("text", "json"):
+            raise SettingsError(f"LOG_FORMAT must be text or json, got {self.log_format!r}")
         if not 1 <= self.db_pool_min <= self.db_pool_max:
             raise SettingsError("DB_POOL_MIN must be >= 1 and <= DB_POOL_MAX")
         for name in (
