@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -11,15 +13,20 @@ RESULTS = Path(__file__).resolve().parent / "results" / "latest.json"
 Row = tuple[str, str, str, str, str]
 
 
+def progress(message: str) -> None:
+    """One progress line on stderr (the table and the ratios go to stdout)."""
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
 def _verdict(ok: bool) -> str:
     return "ok" if ok else "MISS"
 
 
 def _read_store_rows(r: dict[str, Any]) -> list[Row]:
-    store, lag = r.get("read_store"), r.get("lag_sustainable")
+    store = r.get("read_store")
     if store is None:
         return []
-    rows: list[Row] = [
+    return [
         (
             "  read store, raw projector writes",
             f"{store['orders_per_s']:.0f} orders/s ({store['events_per_s']:.0f} events/s)",
@@ -28,17 +35,50 @@ def _read_store_rows(r: dict[str, Any]) -> list[Row]:
             f"needs {r['lag']['rate_per_s']:.0f}/s",
         )
     ]
-    if lag is not None:
+
+
+def _step_outcome(step: dict[str, Any]) -> str:
+    unseen, tail, behind = step["never_visible"], step["tail_s"], step["behind_at_start"]
+    seen = f"{unseen} unseen {tail} s after" if unseen else f"all seen within {tail} s"
+    late = f", {behind} events behind at start" if behind else ""
+    return f"{seen}; achieved {step['achieved_per_s']:.0f}/s{late}"
+
+
+def _step_verdict(step: dict[str, Any], limit_ms: float) -> str:
+    if step["kept_up"]:
+        return "kept up"
+    if step["never_visible"]:
+        return "fell behind"
+    if step["p99_ms"] > limit_ms:
+        return f"p99 > {limit_ms:.0f} ms"
+    return "requests failed" if step["non_2xx"] or step["errors"] else "rate not reached"
+
+
+def _sustained_rows(r: dict[str, Any]) -> list[Row]:
+    """The sustained rate, each step of its search, and where the lag went at the best step."""
+    sus = r.get("sustained")
+    if sus is None:
+        return []
+    limit, below = sus["lag_p99_ms_max"], sus["below_per_s"]
+    missed = f"; missed at {below:.0f}/s" if below < sus["burst_per_s"] else ""
+    rows: list[Row] = [(
+        f"sustained rate, lag p99 <= {limit:.0f} ms",
+        f"{sus['per_s']:.0f} orders/s" if sus["per_s"] else f"< {below:.0f} orders/s",
+        f"{sus['burst_per_s']:.0f} orders/s (place order above){missed}",
+        f"{sus['ratio']:.2f}",
+        f"{len(sus['steps'])} steps of {sus['step_s']:.0f} s",
+    )]  # fmt: skip
+    for step in sus["steps"]:
         rows.append((
-            f"  same @ {lag['rate_per_s']:.0f}/s (read store's pace)",
-            _lags(lag),
-            f"{lag['events_per_order']} events/order, {lag['behind_at_start']} events behind"
-            " at start",
+            f"  step @ {step['rate_per_s']:.0f}/s ({step['fraction']:.3f})",
+            _lags(step),
+            _step_outcome(step),
             "",
-            _lag_target(lag),
+            _step_verdict(step, limit),
         ))  # fmt: skip
-        rows += _where_rows(lag)
-    return rows
+    kept = [s for s in sus["steps"] if s["kept_up"]]
+    shown = max(kept, key=lambda s: s["rate_per_s"]) if kept else sus["steps"][-1]
+    return rows + _where_rows(shown, f" @ {shown['rate_per_s']:.0f}/s")
 
 
 def _lags(lag: dict[str, Any]) -> str:
@@ -57,12 +97,12 @@ def _lag_target(lag: dict[str, Any]) -> str:
     return f"p99 <= 100 ms {_verdict(lag['p99_ms'] <= 100 and lag['never_visible'] == 0)}"
 
 
-def _where_rows(lag: dict[str, Any]) -> list[Row]:
+def _where_rows(lag: dict[str, Any], at: str = "") -> list[Row]:
     """Where a steady run's lag went, and what the app and the read store used meanwhile."""
     relay = f"p50 {lag['relay_p50_ms']:.1f}  p99 {lag['relay_p99_ms']:.1f} ms"
     return [
-        ("    answer -> broker delivery", relay, "", "", ""),
-        ("    CPU there", _cores(lag), "", "", ""),
+        (f"    answer -> broker delivery{at}", relay, "", "", ""),
+        (f"    CPU there{at}", _cores(lag), "", "", ""),
     ]
 
 
@@ -71,17 +111,13 @@ def _cores(lag: dict[str, Any]) -> str:
     return ", ".join(f"{name} {cores:.2f}" for name, cores in lag.get("cores", {}).items())
 
 
-def rows(r: dict[str, Any]) -> list[Row]:
-    """(scenario, measured, ceiling, ratio, target) per line of the table."""
-    po, lag, relay, rb, go, mem, gen = (
-        r["place_order"], r["lag"], r["relay"], r["rebuild"], r["get_order"], r["memory"],
-        r["load_generator"],
-    )  # fmt: skip
-    lines: list[Row] = [
+def _place_order_rows(po: dict[str, Any]) -> list[Row]:
+    """Over HTTP beside pgbench running the handler's SQL; then the handler without HTTP."""
+    return [
         (
             "place order, HTTP, 32 conn",
             f"{po['http_per_s']:.0f} orders/s",
-            f"{po['ceiling_per_s']:.0f} orders/s (handler, asyncpg)",
+            f"{po['ceiling_per_s']:.0f} tps (pgbench, the handler's SQL)",
             f"{po['ratio']:.2f}",
             f">= 0.50 {_verdict(po['ratio'] >= 0.5)}",
         ),
@@ -92,6 +128,25 @@ def rows(r: dict[str, Any]) -> list[Row]:
             "",
             "",
         ),
+        (
+            "  the handler on asyncpg, no HTTP",
+            f"{po['handler_per_s']:.0f} orders/s, p50 {po['handler_p50_ms']:.1f}"
+            f" / p99 {po['handler_p99_ms']:.1f} ms",
+            f"HTTP is {po['http_of_handler']:.2f} of it",
+            f"{po['handler_ratio']:.2f}",
+            "",
+        ),
+    ]
+
+
+def rows(r: dict[str, Any]) -> list[Row]:
+    """(scenario, measured, ceiling, ratio, target) per line of the table."""
+    po, lag, relay, rb, go, mem, gen = (
+        r["place_order"], r["lag"], r["relay"], r["rebuild"], r["get_order"], r["memory"],
+        r["load_generator"],
+    )  # fmt: skip
+    lines: list[Row] = [
+        *_place_order_rows(po),
         (
             f"commit-to-visible lag @ {lag['rate_per_s']:.0f}/s",
             _lags(lag),
@@ -108,6 +163,7 @@ def rows(r: dict[str, Any]) -> list[Row]:
         ),
         *_where_rows(lag),
         *_read_store_rows(r),
+        *_sustained_rows(r),
         (
             "relay drain",
             f"{relay['relay_events_per_s']} events/s",
@@ -161,7 +217,7 @@ def ratios_line(r: dict[str, Any]) -> str:
     return (
         f"ratios: place_order={r['place_order']['ratio']:.2f} relay={r['relay']['ratio']:.2f}"
         f" rebuild={r['rebuild']['ratio']:.2f} get_order={r['get_order']['ratio']:.2f}"
-        f" lag_p99_ms={round(r['lag']['p99_ms'])}"
+        f" lag_p99_ms={round(r['lag']['p99_ms'])} sustained={r['sustained']['ratio']:.2f}"
     )
 
 

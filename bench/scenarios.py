@@ -1,6 +1,7 @@
 """The write-side and read-side scenarios, each beside the ceiling it is compared with.
 
-- place order over HTTP (closed loop) vs the same handler run straight on an asyncpg pool;
+- place order over HTTP (closed loop), and the same handler run straight on an asyncpg pool
+  (the SQL ceiling is pgbench: bench.pgbench_ceiling);
 - commit-to-visible lag and the app's memory under an open-loop rate;
 - GET /orders/{id} on the app vs a bare Starlette endpoint doing the same find_one.
 """
@@ -118,8 +119,8 @@ async def place_orders_http(
 
 
 async def place_orders_direct(dsn: str, orders: Orders, duration_s: float) -> LoadResult:
-    """The ceiling: the handler's transaction exactly as `_run_once` runs it for a POST
-    without Idempotency-Key, on a pool of CONNECTIONS, CONNECTIONS workers, no HTTP."""
+    """The handler without HTTP: its transaction exactly as `_run_once` runs it for a POST
+    without Idempotency-Key, on a pool of CONNECTIONS, CONNECTIONS workers."""
     pool = await asyncpg.create_pool(dsn, min_size=CONNECTIONS, max_size=CONNECTIONS)
     assert pool is not None
     result = LoadResult()

@@ -132,6 +132,14 @@ class Stack:
         await migrate(dsn)
         return dsn
 
+    async def scratch_copy(self, dsn: str, suffix: str) -> str:
+        """A further PostgreSQL database copied from the one at `dsn` (which nobody may be
+        connected to); its DSN. Dropped at the end."""
+        name = f"{urlsplit(self.settings.database_url).path.lstrip('/')}_{suffix}"
+        await _create_database(self.admin_dsn, name, template=urlsplit(dsn).path.lstrip("/"))
+        self.exits.push_async_callback(_drop_database, self.admin_dsn, name)
+        return _dsn(self.admin_dsn, name)
+
     def app_env(self, port: int, **extra: str) -> dict[str, str]:
         s = self.settings
         env = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_", "MONGO_"))}
@@ -169,10 +177,20 @@ def _dsn(admin_dsn: str, database: str) -> str:
     return urlunsplit(urlsplit(admin_dsn)._replace(path=f"/{database}"))
 
 
-async def _create_database(admin_dsn: str, name: str) -> None:
+async def _create_database(admin_dsn: str, name: str, template: str | None = None) -> None:
+    """Create database `name`, as a copy of `template` when given. The backends of a pool
+    just closed on the template may take a moment to go: retried for up to 5 s meanwhile."""
+    sql = f'CREATE DATABASE "{name}"' + (f' TEMPLATE "{template}"' if template else "")
     conn = await asyncpg.connect(admin_dsn)
     try:
-        await conn.execute(f'CREATE DATABASE "{name}"')
+        for attempt in range(50):
+            try:
+                await conn.execute(sql)
+                return
+            except asyncpg.ObjectInUseError:
+                if attempt == 49:
+                    raise
+                await asyncio.sleep(0.1)
     finally:
         await conn.close()
 
