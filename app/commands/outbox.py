@@ -18,6 +18,7 @@ class EventMetadata(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=Tru
 
     correlation_id: str
     idempotency_key: str | None = None
+    traceparent: str | None = None  # W3C trace context of the request (app/plumbing/tracing.py)
 
 
 class Statement:

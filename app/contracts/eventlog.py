@@ -34,6 +34,7 @@ class LoggedEvent(msgspec.Struct, frozen=True, kw_only=True):
     occurred_at: datetime
     correlation_id: str | None
     data: str  # the JSON text of `events.data`, passed through undecoded
+    traceparent: str | None = None  # the command's trace context (metadata), if it had one
 
     def envelope(self, prev_position: int) -> Envelope:
         """The event as published, in its current shape (app/contracts/upcasting.py)."""
@@ -55,7 +56,8 @@ class LoggedEvent(msgspec.Struct, frozen=True, kw_only=True):
 
 _SELECT = (
     "SELECT position, event_id, type, schema_version, stream_type, stream_id, stream_version,"
-    " occurred_at, metadata->>'correlation_id' AS correlation_id, data::text AS data"
+    " occurred_at, metadata->>'correlation_id' AS correlation_id, data::text AS data,"
+    " metadata->>'traceparent' AS traceparent"
     " FROM events"
 )
 

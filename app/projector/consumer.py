@@ -13,6 +13,7 @@ from typing import Any, Final, TypeVar
 import aiormq
 import aiormq.abc
 import asyncpg
+from opentelemetry.trace import SpanKind
 from prometheus_client import Histogram
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import PyMongoError
@@ -23,6 +24,7 @@ from app.contracts.topology import Topology
 from app.plumbing.backoff import Backoff
 from app.plumbing.failures import POSTGRES_FAILURES
 from app.plumbing.resources import BrokerConnect
+from app.plumbing.tracing import start_span
 from app.projector import readmodel
 from app.projector.applied import AppliedPosition
 from app.projector.counters import ProjectorCounters
@@ -39,6 +41,7 @@ _TRANSIENT: Final = (PyMongoError, *POSTGRES_FAILURES, readmodel.ReadModelLost)
 _DISCONNECTED: Final = (aiormq.AMQPError, aiormq.ChannelInvalidStateError, ConnectionError)
 
 
+CONSUMER: Final = SpanKind.CONSUMER
 _GAP_CHUNK: Final = 5000  # positions read from the log and applied at a time
 _LAG_BUCKETS: Final = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
@@ -173,7 +176,16 @@ class Projector:
         ReadModelLost when the store no longer holds what this projector applied."""
         if not events:
             return
-        await self._guard.store(events, expected=self._position)
+        spans = [  # one per traced event: its projection, as a span of the command's trace
+            start_span(e.traceparent, f"project {e.envelope.type}", CONSUMER)
+            for e in events
+            if e.traceparent is not None
+        ]
+        try:
+            await self._guard.store(events, expected=self._position)
+        finally:
+            for span in spans:
+                span.end()
         self._position = events[-1].position
         stored_at = time.time()
         for event in events:

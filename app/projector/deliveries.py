@@ -39,6 +39,7 @@ class Decoded:
     envelope: Envelope
     data: EventData | None  # None exactly when `skipped` says why: nothing is projected
     skipped: Skipped | None = None
+    traceparent: str | None = None  # the command's trace context (app/plumbing/tracing.py)
 
     @property
     def position(self) -> int:
@@ -53,7 +54,7 @@ class Gap:
     through: int
 
 
-def decode_body(body: bytes) -> Decoded:
+def decode_body(body: bytes, traceparent: str | None = None) -> Decoded:
     """The delivered event. Raises Undecodable for anything but an Envelope whose data
     matches its (known) type; an unknown type decodes with data None (tolerant reader)."""
     try:
@@ -61,7 +62,7 @@ def decode_body(body: bytes) -> Decoded:
     except msgspec.DecodeError as exc:
         raise Undecodable(f"not an event envelope: {exc}") from None
     try:
-        return _with_data(envelope)
+        return _with_data(envelope, traceparent)
     except msgspec.DecodeError as exc:  # ValidationError included
         raise Undecodable(f"invalid {envelope.type} data: {exc}") from None
 
@@ -71,20 +72,20 @@ def decode_logged(event: LoggedEvent, prev_position: int) -> Decoded:
     None): the projector parks it and holds its stream (app/projector/poison.py)."""
     envelope = event.envelope(prev_position)
     try:
-        return _with_data(envelope)
+        return _with_data(envelope, event.traceparent)
     except msgspec.DecodeError:  # ValidationError included
-        return Decoded(envelope, None, "invalid-data")
+        return Decoded(envelope, None, "invalid-data", event.traceparent)
 
 
-def _with_data(envelope: Envelope) -> Decoded:
+def _with_data(envelope: Envelope, traceparent: str | None) -> Decoded:
     """The envelope with its data decoded; data None for a type this version does not know.
     Raises msgspec.DecodeError when the data does not match its known type."""
     if envelope.type not in EVENT_TYPES:
-        return Decoded(envelope, None, "unknown-type")
+        return Decoded(envelope, None, "unknown-type", traceparent)
     version, data = upcast(envelope.type, envelope.schema_version, envelope.data)
     if version != envelope.schema_version:  # published before an upgrade
         envelope = msgspec.structs.replace(envelope, schema_version=version, data=msgspec.Raw(data))
-    return Decoded(envelope, decode_data(envelope.type, envelope.data))
+    return Decoded(envelope, decode_data(envelope.type, envelope.data), None, traceparent)
 
 
 def plan(applied: int, deliveries: Iterable[Decoded]) -> list[Decoded | Gap]:

@@ -13,6 +13,7 @@ import aiormq.abc
 from pamqp import commands as spec
 
 from app.contracts.topology import Topology, declare_topology
+from app.plumbing.tracing import TRACEPARENT
 from app.projector.deliveries import Decoded, Undecodable, decode_body
 
 Message = aiormq.abc.DeliveredMessage
@@ -64,8 +65,12 @@ def decode(batch: list[Message]) -> tuple[list[Decoded], list[Parked]]:
     decoded: list[Decoded] = []
     parked: list[Parked] = []
     for message in batch:
+        headers = message.header.properties.headers or {}
+        traceparent = headers.get(TRACEPARENT)
         try:
-            decoded.append(decode_body(message.body))
+            decoded.append(
+                decode_body(message.body, traceparent if isinstance(traceparent, str) else None)
+            )
         except Undecodable as exc:
             parked.append((message, exc.reason))
     return decoded, parked

@@ -8,10 +8,12 @@ from typing import Any
 
 import aiormq.abc
 import msgspec
+from opentelemetry.trace import SpanKind
 from pamqp.commands import Basic
 
 from app.contracts.eventlog import LoggedEvent
 from app.contracts.events import routing_key
+from app.plumbing.tracing import TRACEPARENT, span_from
 
 _encoder = msgspec.json.Encoder()
 
@@ -26,7 +28,9 @@ def message_body(event: LoggedEvent, prev_position: int) -> bytes:
 
 
 def message_properties(event: LoggedEvent) -> Basic.Properties:
+    """Persistent JSON with the event's id and type; its trace context in `traceparent`."""
     return Basic.Properties(
+        headers={TRACEPARENT: event.traceparent} if event.traceparent else None,
         delivery_mode=2,
         content_type="application/json",
         message_id=str(event.event_id),
@@ -61,7 +65,13 @@ class ConfirmWindow:
         self._raise_failure()
         await self._slots.acquire()
         self._raise_failure()
-        task = asyncio.ensure_future(
+        with span_from(event.traceparent, f"publish {event.type}", SpanKind.PRODUCER):
+            task = self._send(event, prev_position)
+        task.add_done_callback(self._on_done)
+        self._in_flight.append((event.position, task))
+
+    def _send(self, event: LoggedEvent, prev_position: int) -> asyncio.Task[Any]:
+        return asyncio.ensure_future(
             self._channel.basic_publish(  # type: ignore[call-arg]  # the ABC omits `wait`
                 message_body(event, prev_position),
                 exchange=self._exchange,
@@ -72,8 +82,6 @@ class ConfirmWindow:
                 wait=False,
             )
         )
-        task.add_done_callback(self._on_done)
-        self._in_flight.append((event.position, task))
 
     async def drain(self) -> None:
         """Wait until every message sent so far is confirmed; raises PublishFailed if any
