@@ -19,10 +19,16 @@ from app.commands import idempotency
 from app.commands.routes import CommandContext
 from app.commands.routes import routes as command_routes
 from app.contracts.topology import Topology
-from app.operations import health, metrics, openapi
-from app.plumbing import problems
+from app.operations import asyncapi, health, metrics, openapi
+from app.plumbing import access, problems, tracing
 from app.plumbing.failures import POSTGRES_FAILURES
-from app.plumbing.resources import Resources, connect_broker, connect_postgres, open_resources
+from app.plumbing.resources import (
+    Resources,
+    connect_broker,
+    connect_postgres,
+    open_pool,
+    open_resources,
+)
 from app.plumbing.settings import Settings
 from app.projector.applied import AppliedPosition
 from app.projector.consumer import Projector, ProjectorConfig
@@ -115,7 +121,10 @@ def projector_for(
 
 
 def _start_pipeline(
-    resources: Resources, commit_signal: asyncio.Event, tasks: Tasks
+    resources: Resources,
+    projector_pool: asyncpg.Pool | None,
+    commit_signal: asyncio.Event,
+    tasks: Tasks,
 ) -> tuple[Relay | None, Projector | None, Waiter]:
     """Start the relay and the projector this replica runs, and pick how reads wait for
     `after`: in-process when the projector runs here (with the `meta` document as a fallback
@@ -127,25 +136,48 @@ def _start_pipeline(
     if settings.relay_enabled:
         relay = relay_for(settings, commit_signal)
         tasks.start("relay", relay.run())
-    if settings.projector_enabled:
+    if projector_pool is not None:
         applied = AppliedPosition()
-        projector = projector_for(settings, resources.pool, resources.db, applied)
+        projector = projector_for(settings, projector_pool, resources.db, applied)
         waiter = LocalFirstWaiter(applied, remote, grace_s=settings.read_poll_interval_s)
         tasks.start("projector", projector.run())
     return relay, projector, waiter
 
 
+@contextlib.asynccontextmanager
+async def _projector_pool(settings: Settings) -> AsyncIterator[asyncpg.Pool | None]:
+    """The projector's own small pool (held streams every batch, gap repairs): it never waits
+    behind the commands' connections, which a loaded write side keeps busy."""
+    if not settings.projector_enabled:
+        yield None
+        return
+    pool = await open_pool(settings, min_size=1, max_size=2)
+    try:
+        yield pool
+    finally:
+        await pool.close()
+
+
 def create_app(settings: Settings) -> Starlette:
     """The whole service as an ASGI app. Migrations are not run here (`python -m app` runs
-    them before serving), so tests and extra replicas build the app the same way."""
+    them before serving), so tests and extra replicas build the app the same way. Raises
+    SettingsError when the access control settings are unusable."""
+    access_control = access.AccessControl.of(settings)
     telemetry = metrics.Metrics()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        async with open_resources(settings) as resources:
+        if access_control.verifier is None:
+            log.warning("access control is off (AUTH_MODE=off): anyone may call any endpoint")
+        async with (
+            open_resources(settings) as resources,
+            _projector_pool(settings) as projector_pool,
+        ):
             commit_signal = asyncio.Event()
             tasks = Tasks()
-            relay, projector, waiter = _start_pipeline(resources, commit_signal, tasks)
+            relay, projector, waiter = _start_pipeline(
+                resources, projector_pool, commit_signal, tasks
+            )
             pool = resources.pool
             tasks.start("purge-keys", _purge_idempotency_keys(pool, settings.idempotency_ttl_s))
             app.state.commands = CommandContext(
@@ -177,10 +209,15 @@ def create_app(settings: Settings) -> Starlette:
             *query_routes(),
             *health.routes(),
             *openapi.routes(),
+            *asyncapi.routes(settings.exchange),
         ],
         lifespan=lifespan,
-        middleware=[Middleware(metrics.RequestTimer, metrics=telemetry)],
+        middleware=[
+            Middleware(metrics.RequestTimer, metrics=telemetry),
+            *([Middleware(tracing.TraceRequests)] if settings.tracing else []),
+        ],
     )
     app.state.openapi = openapi.encoded()
     problems.install(app)
+    access.install(app, access_control)
     return app

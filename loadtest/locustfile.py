@@ -8,17 +8,25 @@ it runs against an empty database:
 
     locust -f loadtest/locustfile.py --host http://127.0.0.1:8000
     locust -f loadtest/locustfile.py --host http://127.0.0.1:8000 --headless -u 20 -r 5 -t 1m
+
+Against an app with AUTH_MODE=jwt, set LOCUST_AUTH_SECRET to its AUTH_JWT_SECRET (and
+LOCUST_AUTH_ISSUER, LOCUST_AUTH_AUDIENCE to its AUTH_JWT_ISSUER, AUTH_JWT_AUDIENCE when set):
+each shopper then sends a customer token of its own, and the catalogue and shipping (the shop's
+back office) an admin token.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import random
+import time
 import urllib.request
 import uuid
 from dataclasses import dataclass
 from typing import Any
 
+import jwt
 from locust import FastHttpUser, between, events, task
 from locust.env import Environment
 from locust.runners import MasterRunner
@@ -26,6 +34,20 @@ from locust.runners import MasterRunner
 CATALOGUE_SIZE = 30
 _STOCK = 10**9  # enough that no order of a run is refused for stock
 _catalogue_position = 0  # position of the last product created at test start
+_TOKEN_TTL_S = 24 * 3600  # longer than any run
+
+
+def bearer(sub: str, role: str) -> dict[str, str]:
+    """Authorization for `sub` as `role` when LOCUST_AUTH_SECRET is set, else no header."""
+    secret = os.environ.get("LOCUST_AUTH_SECRET")
+    if not secret:
+        return {}
+    now = int(time.time())
+    claims: dict[str, Any] = {"sub": sub, "role": role, "iat": now, "exp": now + _TOKEN_TTL_S}
+    for claim, variable in (("iss", "LOCUST_AUTH_ISSUER"), ("aud", "LOCUST_AUTH_AUDIENCE")):
+        if os.environ.get(variable):
+            claims[claim] = os.environ[variable]
+    return {"Authorization": f"Bearer {jwt.encode(claims, secret, algorithm='HS256')}"}
 
 
 def create_catalogue(environment: Environment, **_: Any) -> None:
@@ -40,7 +62,7 @@ def create_catalogue(environment: Environment, **_: Any) -> None:
         request = urllib.request.Request(  # noqa: S310 - the --host the user gave
             f"{environment.host.rstrip('/')}/products",
             data=json.dumps(body).encode(),
-            headers={"Content-Type": "application/json"},
+            headers={"Content-Type": "application/json", **bearer("locust-admin", "admin")},
             method="POST",
         )
         with urllib.request.urlopen(request, timeout=30) as answer:  # noqa: S310
@@ -68,6 +90,8 @@ class Shopper(FastHttpUser):
     def on_start(self) -> None:
         self.rng = random.Random()  # noqa: S311 - a load shape, not a secret
         self.customer_id = f"locust-{uuid.uuid4().hex[:12]}"
+        self.auth = bearer(self.customer_id, "customer")
+        self.admin = bearer("locust-admin", "admin")  # ships: the back office, not the shopper
         self.products: list[str] = []
         self.orders: dict[str, KnownOrder] = {}
         self.position = 0  # the newest position this shopper caused
@@ -102,7 +126,9 @@ class Shopper(FastHttpUser):
         picked = self.rng.sample(self.products, min(len(self.products), self.rng.randint(1, 3)))
         lines = [{"product_id": p, "quantity": self.rng.randint(1, 3)} for p in picked]
         body = {"customer_id": self.customer_id, "lines": lines}
-        with self.client.post("/orders", json=body, catch_response=True) as response:
+        with self.client.post(
+            "/orders", json=body, headers=self.auth, catch_response=True
+        ) as response:
             if response.status_code != 201:
                 response.failure(f"{response.status_code}: {response.text}")
                 return
@@ -117,7 +143,10 @@ class Shopper(FastHttpUser):
         action = self.rng.choices(_NEXT[order.status], weights=(4, 1))[0]
         with self.client.post(
             f"/orders/{order_id}/{action}",
-            headers={"If-Match": f'"{order.version}"'},
+            headers={
+                "If-Match": f'"{order.version}"',
+                **(self.admin if action == "ship" else self.auth),
+            },
             name=f"/orders/[id]/{action}",
             catch_response=True,
         ) as response:
@@ -142,6 +171,7 @@ class Shopper(FastHttpUser):
         with self.client.get(
             f"/orders/{order_id}?after={known.position}",
             name="/orders/[id]?after",
+            headers=self.auth,
             catch_response=True,
         ) as response:
             if response.status_code == 404:
@@ -158,6 +188,7 @@ class Shopper(FastHttpUser):
         with self.client.get(
             f"/customers/{self.customer_id}/orders?limit=100&after={self.position}",
             name="/customers/[id]/orders?after",
+            headers=self.auth,
             catch_response=True,
         ) as response:
             if response.status_code != 200:

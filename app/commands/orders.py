@@ -141,11 +141,15 @@ async def transition_order(
     action: Action,
     expected_version: int | None,
     meta: EventMetadata,
+    *,
+    customer: str | None = None,
 ) -> OrderResult:
     """Emits OrderPaid, OrderShipped or OrderCancelled (then StockReleased per line).
-    Raises OrderNotFound, VersionMismatch, InvalidTransition."""
+    Raises OrderNotFound (also when `customer`, the one customer the caller may act for, is
+    not the order's: never reveal that another customer's order exists), VersionMismatch,
+    InvalidTransition."""
     row = await conn.fetchrow(_LOCK_ORDER, order_id)
-    if row is None:
+    if row is None or customer not in (None, row["customer_id"]):
         raise OrderNotFound(order_id)
     order = OrderRow(**dict(row))
     check_version(order, expected_version)

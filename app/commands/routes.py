@@ -25,8 +25,11 @@ from app.commands.order_rules import Action, OrderResult, PlaceOrder
 from app.commands.orders import place_order, transition_order
 from app.commands.outbox import EventMetadata
 from app.commands.products import CreateProduct, RestockProduct, create_product, restock_product
+from app.plumbing import access
+from app.plumbing.access import admin_only, signed_in
 from app.plumbing.logs import CORRELATION_ID
 from app.plumbing.problems import Problem, ServiceUnavailable
+from app.plumbing.tracing import current_traceparent
 
 log = logging.getLogger(__name__)
 
@@ -107,10 +110,18 @@ async def _execute(
     request_identity: bytes,
 ) -> Response:
     key = idempotency_key(request)
-    meta = EventMetadata(correlation_id=correlation_id(request), idempotency_key=key)
+    meta = EventMetadata(
+        correlation_id=correlation_id(request),
+        idempotency_key=key,
+        traceparent=current_traceparent(),
+    )
     CORRELATION_ID.set(meta.correlation_id)  # the request's own context: its log lines
     fingerprint = idempotency.fingerprint(
-        request.method, request.url.path, request.headers.get("if-match", ""), request_identity
+        request.method,
+        request.url.path,
+        request.headers.get("if-match", ""),
+        request_identity,
+        *_caller(request),
     )
     for attempt in range(1, _RETRIES + 1):
         try:
@@ -136,6 +147,13 @@ async def _execute(
     return Response(
         stored.body, status_code=stored.status, headers=headers, media_type="application/json"
     )
+
+
+def _caller(request: Request) -> tuple[str, ...]:
+    """Part of the fingerprint: a key replays only to the caller who used it. Nothing with
+    access control off, so fingerprints stay what they were."""
+    identity = access.principal(request).identity
+    return (identity,) if identity else ()
 
 
 async def _run_once(
@@ -190,6 +208,7 @@ async def post_restock(request: Request) -> Response:
 
 async def post_orders(request: Request) -> Response:
     cmd = await decode_json(request, PlaceOrder)
+    access.principal(request).require_customer(cmd.customer_id)
     return await execute(
         request,
         "place_order",
@@ -204,10 +223,14 @@ def _transition(action: Action) -> Callable[[Request], Awaitable[Response]]:
     async def endpoint(request: Request) -> Response:
         order_id: uuid.UUID = request.path_params["order_id"]
         version = expected_version(request)
+        # whose order it is shows only once its row is locked, in the handler
+        customer = access.principal(request).customer
         return await execute(
             request,
             f"{action}_order",
-            lambda conn, meta: transition_order(conn, order_id, action, version, meta),
+            lambda conn, meta: transition_order(
+                conn, order_id, action, version, meta, customer=customer
+            ),
         )
 
     endpoint.__name__ = f"post_order_{action}"
@@ -216,10 +239,11 @@ def _transition(action: Action) -> Callable[[Request], Awaitable[Response]]:
 
 def routes() -> list[Route]:
     return [
-        Route("/products", post_products, methods=["POST"]),
-        Route("/products/{product_id:uuid}/restock", post_restock, methods=["POST"]),
-        Route("/orders", post_orders, methods=["POST"]),
-        Route("/orders/{order_id:uuid}/pay", _transition("pay"), methods=["POST"]),
-        Route("/orders/{order_id:uuid}/ship", _transition("ship"), methods=["POST"]),
-        Route("/orders/{order_id:uuid}/cancel", _transition("cancel"), methods=["POST"]),
+        Route("/products", admin_only(post_products), methods=["POST"]),
+        Route("/products/{product_id:uuid}/restock", admin_only(post_restock), methods=["POST"]),
+        # a customer places orders for themselves, pays and cancels only their own
+        Route("/orders", signed_in(post_orders), methods=["POST"]),
+        Route("/orders/{order_id:uuid}/pay", signed_in(_transition("pay")), methods=["POST"]),
+        Route("/orders/{order_id:uuid}/ship", admin_only(_transition("ship")), methods=["POST"]),
+        Route("/orders/{order_id:uuid}/cancel", signed_in(_transition("cancel")), methods=["POST"]),
     ]

@@ -16,6 +16,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from app.operations.metrics import Metrics, ProjectorStatus, RelayStatus
+from app.plumbing.access import metrics_token_only
 from app.plumbing.failures import POSTGRES_FAILURES
 from app.plumbing.resources import Resources
 from app.projector import holds
@@ -162,5 +163,5 @@ def routes() -> list[Route]:
     return [
         Route("/health/live", live, methods=["GET"]),
         Route("/health/ready", ready, methods=["GET"]),
-        Route("/metrics", metrics, methods=["GET"]),
+        Route("/metrics", metrics_token_only(metrics), methods=["GET"]),
     ]

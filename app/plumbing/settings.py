@@ -6,6 +6,7 @@ the variable, instead of surfacing later as a confusing runtime error.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
@@ -26,6 +27,8 @@ class Settings:
     port: int = 8000
     log_level: str = "info"
     log_format: str = "text"  # or "json": one object per line (app/plumbing/logs.py)
+    # on when any OTEL_* variable is set (app/plumbing/tracing.py), unless TRACING says
+    tracing: bool = False
 
     # PostgreSQL pool and command handling
     db_pool_min: int = 2
@@ -55,6 +58,15 @@ class Settings:
     read_poll_interval_s: float = 0.05
     ready_max_lag: int = 10_000
 
+    # Access control (README "Access control"). app/plumbing/access.py checks these when the
+    # app is built (the key must be parsed), naming the variable, so a bad one fails the start.
+    auth_mode: str = "off"  # off | jwt
+    auth_jwt_secret: str = dataclasses.field(default="", repr=False)  # HS256
+    auth_jwt_public_key: str = ""  # RS256 or ES256, PEM
+    auth_jwt_issuer: str = ""
+    auth_jwt_audience: str = ""
+    metrics_token: str = dataclasses.field(default="", repr=False)  # then GET /metrics wants it
+
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         """Build settings from `environ` (default: os.environ), upper-case field names."""
@@ -65,6 +77,7 @@ class Settings:
             if raw is None:
                 continue
             values[field.name] = _parse(field.name.upper(), raw, _PARSERS[str(field.type)])
+        values.setdefault("tracing", any(name.startswith("OTEL_") for name in env))
         settings = cls(**values)
         settings.check()
         return settings

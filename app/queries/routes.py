@@ -21,6 +21,8 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from app.contracts.readmodel import Db
+from app.plumbing import access
+from app.plumbing.access import admin_only, signed_in
 from app.plumbing.problems import Problem, ServiceUnavailable
 from app.queries import documents, reads
 from app.queries.cursors import C, OrderCursor, ProductCursor, decode_cursor, encode_cursor
@@ -146,7 +148,8 @@ async def get_order(request: Request, read: Reading) -> Response:
     order_id = uuid_id(request.path_params["order_id"], "order")
     async with read.applied() as db:
         found = await reads.find_order(db, order_id)
-    if found is None:
+    # another customer's order is answered as missing: its existence is not theirs to know
+    if found is None or not access.principal(request).may_act_for(found["customer_id"]):
         raise NotFound(f"no order {order_id}", order_id=order_id)
     body = documents.order(found)
     etag = f'"{body.version}"'
@@ -165,6 +168,7 @@ def _matches(if_none_match: str | None, etag: str) -> bool:
 
 async def get_customer(request: Request, read: Reading) -> Response:
     wanted = customer_id(request.path_params["customer_id"])
+    access.principal(request).require_customer(wanted)
     async with read.applied() as db:
         found = await reads.find_customer(db, wanted)
     if found is None:
@@ -174,6 +178,7 @@ async def get_customer(request: Request, read: Reading) -> Response:
 
 async def get_customer_orders(request: Request, read: Reading) -> Response:
     wanted = customer_id(request.path_params["customer_id"])
+    access.principal(request).require_customer(wanted)
     status, after = read.args.status(), _cursor(read.args, OrderCursor)
     limit = read.args.limit(default=20)
     async with read.applied() as db:
@@ -193,12 +198,17 @@ def routes() -> list[Route]:
     return [
         Route("/products", _query(get_products, page), methods=["GET"]),
         Route("/products/{product_id}", _query(get_product), methods=["GET"]),
-        Route("/orders/{order_id}", _query(get_order), methods=["GET"]),
-        Route("/customers/{customer_id}", _query(get_customer), methods=["GET"]),
+        # a customer reads only their own orders and customer documents; an admin reads all
+        Route("/orders/{order_id}", _query(signed_in(get_order)), methods=["GET"]),
+        Route("/customers/{customer_id}", _query(signed_in(get_customer)), methods=["GET"]),
         Route(
             "/customers/{customer_id}/orders",
-            _query(get_customer_orders, (*page, "status")),
+            _query(signed_in(get_customer_orders), (*page, "status")),
             methods=["GET"],
         ),
-        Route("/reports/top-products", _query(get_top_products, ("limit",)), methods=["GET"]),
+        Route(
+            "/reports/top-products",
+            _query(admin_only(get_top_products), ("limit",)),
+            methods=["GET"],
+        ),
     ]
