@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from app.plumbing.settings import Settings
 from tests.support.servers import Server, http_client
-from tests.support.stacks import fresh_stack
 
 pytestmark = pytest.mark.slow
 
@@ -17,11 +14,8 @@ Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 
 @pytest.fixture
-async def stack(settings: Settings, migrated_template: str) -> AsyncIterator[Settings]:
-    async with fresh_stack(
-        settings, migrated_template, relay_enabled=True, projector_enabled=True
-    ) as stack:
-        yield stack
+def stack(pipeline_stack: Settings) -> Settings:
+    return pipeline_stack
 
 
 def _samples(text: str) -> Samples:

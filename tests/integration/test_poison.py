@@ -20,7 +20,6 @@ from app.plumbing.settings import Settings
 from app.projector import documents
 from app.projector.rebuild import rebuild
 from tests.support.servers import Server, http_client
-from tests.support.stacks import fresh_stack
 from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.slow
@@ -29,16 +28,8 @@ TOO_BIG_FOR_BSON = 10**19
 
 
 @pytest.fixture
-async def stack(settings: Settings, migrated_template: str) -> AsyncIterator[Settings]:
-    async with fresh_stack(
-        settings,
-        migrated_template,
-        relay_enabled=True,
-        projector_enabled=True,
-        relay_poll_interval_s=0.05,
-        projector_idle_check_s=0.2,
-    ) as stack:
-        yield stack
+def stack(pipeline_stack: Settings) -> Settings:
+    return pipeline_stack
 
 
 Start = Callable[[], Awaitable[tuple[Server, httpx.AsyncClient]]]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from dataclasses import replace
 
 import pytest
@@ -14,7 +13,6 @@ from opentelemetry.trace import SpanKind
 
 from app.plumbing.settings import Settings
 from tests.support.servers import Server, http_client
-from tests.support.stacks import fresh_stack
 from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.slow
@@ -34,11 +32,8 @@ def exporter() -> InMemorySpanExporter:
 
 
 @pytest.fixture
-async def stack(settings: Settings, migrated_template: str) -> AsyncIterator[Settings]:
-    async with fresh_stack(
-        settings, migrated_template, relay_enabled=True, projector_enabled=True, tracing=True
-    ) as stack:
-        yield stack
+def stack(pipeline_stack: Settings) -> Settings:
+    return pipeline_stack
 
 
 async def test_one_trace_spans_the_command_the_relay_and_the_projection(

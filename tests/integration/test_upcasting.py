@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import AsyncIterator
 from dataclasses import replace
 from datetime import UTC, datetime
 
@@ -17,17 +16,13 @@ from app.plumbing.resources import open_resources
 from app.plumbing.settings import Settings
 from app.projector.rebuild import rebuild
 from tests.support.servers import Server, http_client
-from tests.support.stacks import fresh_stack
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture
-async def stack(settings: Settings, migrated_template: str) -> AsyncIterator[Settings]:
-    async with fresh_stack(
-        settings, migrated_template, relay_enabled=True, projector_enabled=True
-    ) as stack:
-        yield stack
+def stack(pipeline_stack: Settings) -> Settings:
+    return pipeline_stack
 
 
 async def _place_v1_order(dsn: str, product_id: str, quantity: int) -> tuple[str, int]:
