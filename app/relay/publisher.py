@@ -65,8 +65,11 @@ class ConfirmWindow:
         self._raise_failure()
         await self._slots.acquire()
         self._raise_failure()
-        with span_from(event.traceparent, f"publish {event.type}", SpanKind.PRODUCER):
+        if event.traceparent is None:  # the usual case: no span, no context manager
             task = self._send(event, prev_position)
+        else:
+            with span_from(event.traceparent, f"publish {event.type}", SpanKind.PRODUCER):
+                task = self._send(event, prev_position)
         task.add_done_callback(self._on_done)
         self._in_flight.append((event.position, task))
 
