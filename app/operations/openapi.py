@@ -74,19 +74,30 @@ def _errors(*statuses: int) -> dict[str, Any]:
     }
 
 
+# Bearer JWTs, required when the service runs with AUTH_MODE=jwt (README "Access control")
+_BEARER: Final = {
+    "type": "http",
+    "scheme": "bearer",
+    "bearerFormat": "JWT",
+    "description": "Required when the service runs with AUTH_MODE=jwt; claims sub and role.",
+}
+_SECURED: Final[list[dict[str, list[str]]]] = [{"bearer": []}]
+
+
 def _command(
     summary: str, body: str | None, result: str, status: int, errors: tuple[int, ...]
 ) -> dict[str, Any]:
     operation: dict[str, Any] = {
         "summary": summary,
         "parameters": list(_COMMAND_HEADERS),
+        "security": _SECURED,
         "responses": {
             str(status): {
                 "description": "done",
                 "headers": _POSITION_HEADER,
                 "content": {"application/json": {"schema": _ref(result)}},
             },
-            **_errors(400, 413, 415, 422, 503, *errors),
+            **_errors(400, 401, 403, 413, 415, 422, 503, *errors),
         },
     }
     if body is not None:
@@ -97,20 +108,23 @@ def _command(
     return {"post": operation}
 
 
-def _query(summary: str, result: str, *parameters: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "get": {
-            "summary": summary,
-            "parameters": [_AFTER, *parameters],
-            "responses": {
-                "200": {
-                    "description": "found",
-                    "content": {"application/json": {"schema": _ref(result)}},
-                },
-                **_errors(400, 404, 422, 503),
+def _query(
+    summary: str, result: str, *parameters: dict[str, Any], secured: bool = True
+) -> dict[str, Any]:
+    operation: dict[str, Any] = {
+        "summary": summary,
+        "parameters": [_AFTER, *parameters],
+        "responses": {
+            "200": {
+                "description": "found",
+                "content": {"application/json": {"schema": _ref(result)}},
             },
-        }
+            **_errors(400, 404, 422, 503, *((401, 403) if secured else ())),
+        },
     }
+    if secured:
+        operation["security"] = _SECURED
+    return {"get": operation}
 
 
 def _id(name: str) -> dict[str, Any]:
@@ -125,7 +139,7 @@ def document() -> dict[str, Any]:
     paths: dict[str, Any] = {
         "/products": {
             **_command("Create a product", "CreateProduct", "ProductResult", 201, (409,)),
-            **_query("Products by sku", "PageBody_ProductBody_", *_PAGE),
+            **_query("Products by sku", "PageBody_ProductBody_", *_PAGE, secured=False),
         },
         "/products/{product_id}/restock": _command(
             "Restock a product", "RestockProduct", "RestockResult", 200, (404,)
@@ -141,7 +155,9 @@ def document() -> dict[str, Any]:
             )
             for action in transitions
         },
-        "/products/{product_id}": _query("One product", "ProductBody", _id("product_id")),
+        "/products/{product_id}": _query(
+            "One product", "ProductBody", _id("product_id"), secured=False
+        ),
         "/orders/{order_id}": _query("One order (ETag)", "OrderBody", _id("order_id")),
         "/customers/{customer_id}": _query("One customer", "CustomerBody", _id("customer_id")),
         "/customers/{customer_id}/orders": _query(
@@ -165,7 +181,10 @@ def document() -> dict[str, Any]:
             "description": "Orders & inventory, CQRS and event-driven.",
         },
         "paths": paths,
-        "components": {"schemas": {**components, "Problem": _PROBLEM_SCHEMA}},
+        "components": {
+            "schemas": {**components, "Problem": _PROBLEM_SCHEMA},
+            "securitySchemes": {"bearer": _BEARER},
+        },
     }
 
 

@@ -39,3 +39,14 @@ def test_every_command_and_query_is_described() -> None:
         if method != "HEAD"
     }
     assert served == described
+
+
+def test_operations_say_when_they_need_a_bearer_token() -> None:
+    spec = document()
+    assert spec["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"
+    open_reads = {("/products", "get"), ("/products/{product_id}", "get")}
+    for path, operations in spec["paths"].items():
+        for method, operation in operations.items():
+            secured = (path, method) not in open_reads
+            assert ("security" in operation) is secured, (path, method)
+            assert ("401" in operation["responses"]) is secured, (path, method)
