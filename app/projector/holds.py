@@ -94,19 +94,20 @@ async def park_behind(conn: asyncpg.Connection, events: Sequence[Decoded]) -> No
         async with conn.transaction():
             for event in events:
                 stream_type, stream_id = stream_of(event)
-                await conn.execute(
+                parked = await conn.fetchval(
                     "INSERT INTO parked_events (position, stream_type, stream_id, type,"
                     " error_class, error) SELECT $1, $2, $3, $4, $5, 'held behind position '"
                     " || coalesce(min(position), $1) FROM parked_events"
                     " WHERE stream_type = $2 AND stream_id = $3"
-                    " ON CONFLICT ON CONSTRAINT parked_events_pkey DO NOTHING",
+                    " ON CONFLICT ON CONSTRAINT parked_events_pkey DO NOTHING RETURNING true",
                     event.position,
                     stream_type,
                     stream_id,
                     event.envelope.type,
                     HELD_BEHIND,
                 )
-                await audit(conn, "parked", event.position, (stream_type, stream_id), "held")
+                if parked:  # not when it was parked already (a redelivery, a second rebuild)
+                    await audit(conn, "parked", event.position, (stream_type, stream_id), "held")
     except asyncpg.ForeignKeyViolationError:
         raise HoldReleased("a hold was released while parking behind it") from None
 

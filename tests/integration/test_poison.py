@@ -268,6 +268,7 @@ async def test_a_log_event_that_does_not_decode_is_parked_and_a_restart_keeps_it
         finally:
             await rebuilt.mongo.drop_database(rebuilt.db.name)
     assert len(await _parked(stack, capsys)) == 2
+    assert await _audit(stack) == ["parked", "parked"]  # the rebuild parked nothing twice
 
 
 async def test_the_hold_survives_a_fail_over_to_another_replica(
