@@ -79,7 +79,6 @@ class Resources:
     mongo: AsyncMongoClient[dict[str, Any]]
     db: AsyncDatabase[dict[str, Any]]
     connect_broker: BrokerConnect
-    connect_postgres: PostgresConnect
 
 
 @contextlib.asynccontextmanager
@@ -98,7 +97,6 @@ async def open_resources(
                 mongo=mongo,
                 db=mongo[settings.mongo_db],
                 connect_broker=functools.partial(connect_broker, settings),
-                connect_postgres=functools.partial(connect_postgres, settings),
             )
         finally:
             await mongo.close()

@@ -41,7 +41,6 @@ _TRANSIENT: Final = (PyMongoError, *POSTGRES_FAILURES, readmodel.ReadModelLost)
 _DISCONNECTED: Final = (aiormq.AMQPError, aiormq.ChannelInvalidStateError, ConnectionError)
 
 
-CONSUMER: Final = SpanKind.CONSUMER
 _GAP_CHUNK: Final = 5000  # positions read from the log and applied at a time
 _LAG_BUCKETS: Final = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
@@ -177,7 +176,7 @@ class Projector:
         if not events:
             return
         spans = [  # one per traced event: its projection, as a span of the command's trace
-            start_span(e.traceparent, f"project {e.envelope.type}", CONSUMER)
+            start_span(e.traceparent, f"project {e.envelope.type}", SpanKind.CONSUMER)
             for e in events
             if e.traceparent is not None
         ]
@@ -190,7 +189,6 @@ class Projector:
         stored_at = time.time()
         for event in events:
             self.lag_seconds.observe(stored_at - event.envelope.occurred_at.timestamp())
-        for event in events:
             if event.skipped == "invalid-data":
                 self.counters.invalid_events += 1
             elif event.skipped == "unknown-type":

@@ -27,6 +27,10 @@ class ReadModelLost(RuntimeError):
 class InvalidEventData(ValueError):
     """A log event of a known type whose data does not match its type: it cannot be applied."""
 
+    @classmethod
+    def at(cls, position: int) -> InvalidEventData:
+        return cls(f"the data of log event {position} does not match its type")
+
 
 async def apply_events(
     db: AsyncDatabase[Document],
@@ -60,7 +64,7 @@ async def write_documents(db: AsyncDatabase[Document], events: Sequence[Decoded]
     also a held stream's release, app/operations/parked.py). Raises as `apply_events` does."""
     invalid = [e.position for e in events if e.skipped == "invalid-data"]
     if invalid:
-        raise InvalidEventData(f"the data of log event {invalid[0]} does not match its type")
+        raise InvalidEventData.at(invalid[0])
     writes = [w for e in events if e.data is not None for w in project(e.envelope, e.data)]
     by_collection = {name: [w for w in writes if w.collection == name] for name in COLLECTIONS}
     # One collection after the other: measured on SecantusDB, three bulk writes at once drain

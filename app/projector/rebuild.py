@@ -88,8 +88,9 @@ async def _writes_of(
             if stream in held_from and event.position >= held_from[stream]:
                 behind.append(event)
             elif event.skipped == "invalid-data":
-                error = InvalidEventData(f"the data of log event {event.position} does not decode")
-                await holds.hold(conn, event, error, 1, datetime.now(UTC))
+                await holds.hold(
+                    conn, event, InvalidEventData.at(event.position), 1, datetime.now(UTC)
+                )
                 held_from[stream] = event.position
             elif event.data is not None:
                 writes += project(event.envelope, event.data)
