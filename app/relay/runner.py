@@ -66,7 +66,8 @@ class Relay:
     `wakeup` is set by the write side after each local commit; without it the relay polls
     every `config.poll_interval_s` (commits from other replicas). Status for health
     and metrics: `is_leader`, `connected` (to the broker, while leading), `published_position`
-    (highest position confirmed by the broker with all its predecessors), `waiting_on_gap`
+    (highest position confirmed by the broker with all its predecessors; while the broker
+    answers, reported only once saved as the checkpoint), `waiting_on_gap`
     (the missing position it is proving, if any), `published` and `in_flight` (messages)."""
 
     def __init__(
@@ -230,10 +231,13 @@ class Relay:
             await self._idle(connection)
 
     async def _checkpoint(self, session: RelaySession, window: ConfirmWindow) -> None:
-        self.published_position = window.confirmed
-        if window.confirmed > self._saved_position:
-            await session.save_checkpoint(window.confirmed)
-            self._saved_position = window.confirmed
+        """Save the confirmed position, then report it: while leading, `published_position`
+        never runs ahead of the checkpoint a successor would resume from."""
+        confirmed = window.confirmed
+        if confirmed > self._saved_position:
+            await session.save_checkpoint(confirmed)
+            self._saved_position = confirmed
+        self.published_position = confirmed
 
     async def _idle(self, connection: aiormq.abc.AbstractConnection) -> None:
         """Wait for a local commit, the poll interval, or the broker connection closing."""
