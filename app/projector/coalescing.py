@@ -4,9 +4,10 @@ A batch touches many documents several times (a product's stock on every order, 
 counters, an order placed and paid). `coalesce` merges consecutive writes to the same document
 into one update fenced by every merged write's fence (the first's for a field they share), so
 the merged write applies exactly when the document is still before the batch. When the document
-had already moved past a fence (a redelivery after a crash), the merged write matches nothing:
+had already moved past a fence (a redelivery after a crash), the merged write changes nothing:
 the caller notices the shortfall and falls back to the one-write-per-event path, whose fences
-sort it out.
+sort it out. (Each write goes to the store as an update pipeline found by `_id` alone, the
+fence inside it: app/projector/pipelines.py.)
 
 Pure: no I/O, and no input is changed: a merged update is built fresh (new operator and field
 dicts; values are shared and never mutated), far cheaper than deep copies. Updates use only

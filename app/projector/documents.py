@@ -26,8 +26,9 @@ only match a document whose `version` is older than the event's stream version. 
 fed by several streams (its orders), so its fence is per stream: a write for order o at version
 v matches only while `applied.<o>` is below v (or absent). So an order stream held back by a
 poison event (app/projector/holds.py) and released later is neither refused by the fences of
-the customer's newer orders nor counted twice. Upserts (events that create a document) then fail
-with a duplicate key when the document is already there: that means "already applied".
+the customer's newer orders nor counted twice. The store gets each write as an update pipeline
+on `_id` alone with the fence inside it (app/projector/pipelines.py): an upsert of a document
+that is already there finds its fence closed and changes nothing.
 Timestamps come from the events (never the clock), so a rebuild gives identical documents.
 """
 
