@@ -21,8 +21,13 @@ from app.plumbing.problems import (
 T = TypeVar("T")
 
 MAX_BODY_BYTES: Final = 64 * 1024
-_HEADER_TOKEN = re.compile(r"^[\x21-\x7e]{1,200}$")
-_ETAG = re.compile(r'^"(\d{1,9})"$')
+# What the server matches whole (fullmatch), also the OpenAPI document's patterns
+HEADER_TOKEN_MAX: Final = 200
+HEADER_TOKEN: Final = rf"[\x21-\x7e]{{1,{HEADER_TOKEN_MAX}}}"  # Idempotency-Key, X-Correlation-ID
+ENTITY_TAG: Final = r'"([0-9]{1,9})"'  # a version as a strong entity tag: ETag, If-Match
+IF_MATCH: Final = rf"\*|{ENTITY_TAG}"
+_HEADER_TOKEN = re.compile(HEADER_TOKEN)
+_IF_MATCH = re.compile(IF_MATCH)
 _ERROR_PATH = re.compile(r"^(?P<message>.*) - at `(?P<path>\$[^`]*)`$", re.DOTALL)
 
 
@@ -68,7 +73,7 @@ async def decode_json(request: Request, type_: type[T]) -> T:
         )
     body = await read_body(request)
     try:
-        return msgspec.json.decode(body, type=type_)
+        return _typed(body, type_)
     except msgspec.ValidationError as exc:
         match = _ERROR_PATH.match(str(exc))
         message, path = (match["message"], match["path"]) if match else (str(exc), "$")
@@ -79,11 +84,35 @@ async def decode_json(request: Request, type_: type[T]) -> T:
         raise MalformedJson(f"the body is not valid JSON: {exc}") from None
 
 
+def _typed(body: bytes, type_: type[T]) -> T:
+    """msgspec's strict decoding, except that a whole float (`2.0`) is the integer it spells, as
+    in JSON Schema, the OpenAPI document's dialect; `2.5` and `"2"` stay refused."""
+    try:
+        return msgspec.json.decode(body, type=type_)
+    except msgspec.ValidationError as exc:
+        if "got `float`" not in str(exc):
+            raise
+        try:
+            return msgspec.convert(_whole_numbers(msgspec.json.decode(body)), type_)
+        except RecursionError:  # nested deeper than any command: the first error stands
+            raise exc from None
+
+
+def _whole_numbers(value: object) -> object:
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, list):
+        return [_whole_numbers(item) for item in value]
+    if isinstance(value, dict):
+        return {key: _whole_numbers(item) for key, item in value.items()}
+    return value
+
+
 def idempotency_key(request: Request) -> str | None:
     key = request.headers.get("idempotency-key")
     if key is None:
         return None
-    if not _HEADER_TOKEN.match(key):
+    if not _HEADER_TOKEN.fullmatch(key):
         raise Problem(
             "Idempotency-Key must be 1 to 200 visible ASCII characters",
             slug="invalid-idempotency-key",
@@ -94,18 +123,18 @@ def idempotency_key(request: Request) -> str | None:
 def expected_version(request: Request) -> int | None:
     """The version named by If-Match (`"<version>"`), None when absent or `*`."""
     value = request.headers.get("if-match")
-    if value is None or value.strip() == "*":
+    if value is None:
         return None
-    match = _ETAG.match(value.strip())
+    match = _IF_MATCH.fullmatch(value.strip())
     if match is None:
         raise Problem(
             'If-Match must be "*" or one strong entity tag such as "3"', slug="invalid-if-match"
         )
-    return int(match[1])
+    return None if match[1] is None else int(match[1])
 
 
 def correlation_id(request: Request) -> str:
     value = request.headers.get("x-correlation-id")
-    if value is not None and _HEADER_TOKEN.match(value):
+    if value is not None and _HEADER_TOKEN.fullmatch(value):
         return value
     return str(uuid.uuid4())

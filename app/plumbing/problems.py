@@ -15,6 +15,7 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.routing import Match, Route
 
 log = logging.getLogger(__name__)
 
@@ -117,9 +118,20 @@ async def _on_http_exception(request: Request, exc: Exception) -> Response:
     slug = {404: "not-found", 405: "method-not-allowed"}.get(status, "http-error")
     title = _TITLES.get(status, "Error")
     detail = exc.detail if exc.detail != title else f"{request.method} {request.url.path}: {title}"
-    return problem_response(
-        Problem(detail, status=status, slug=slug, headers=dict(exc.headers or {}))
-    )
+    headers = dict(exc.headers or {})
+    if status == 405:
+        headers["Allow"] = _allowed_methods(request) or headers.get("Allow", "")
+    return problem_response(Problem(detail, status=status, slug=slug, headers=headers))
+
+
+def _allowed_methods(request: Request) -> str:
+    """Every method the path is served with. Starlette's own `Allow` names only those of the
+    first route matching the path, and `POST /products` and `GET /products` are two routes."""
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        if isinstance(route, Route) and route.matches(request.scope)[0] is not Match.NONE:
+            methods |= route.methods or set()
+    return ", ".join(sorted(methods))
 
 
 async def _on_unexpected(request: Request, exc: Exception) -> Response:

@@ -6,6 +6,7 @@ import base64
 import binascii
 import hashlib
 import hmac
+import re
 from datetime import UTC, datetime
 from typing import Final, TypeVar
 
@@ -13,7 +14,9 @@ import msgspec
 
 from app.plumbing.problems import Problem
 
-_MAX_CURSOR_CHARS: Final = 512
+MAX_CURSOR_CHARS: Final = 512
+CURSOR_TEXT: Final = r"[A-Za-z0-9_-]+"  # base64url without padding, matched whole
+_CURSOR = re.compile(CURSOR_TEXT)
 _CHECK_BYTES: Final = 8
 # Not a secret: the check catches truncated and edited cursors. A forged cursor gains nothing,
 # since it can only name a typed sort key, never a filter or an operator.
@@ -83,8 +86,10 @@ def _storable(moment: datetime) -> bool:
 
 
 def _unpack(text: str) -> bytes:
-    if not 0 < len(text) <= _MAX_CURSOR_CHARS:
+    if not 0 < len(text) <= MAX_CURSOR_CHARS:
         raise _invalid("it is empty or too long")
+    if not _CURSOR.fullmatch(text):
+        raise _invalid("it is not base64url")
     try:
         raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
     except (binascii.Error, ValueError):

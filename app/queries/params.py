@@ -17,7 +17,8 @@ MAX_POSITION: Final = 2**63 - 1  # the event log's positions are PostgreSQL bigi
 _STATUSES: Final[frozenset[str]] = frozenset(ORDER_STATUSES)
 # fullmatch, not `$`: `$` also matches before a trailing newline
 _DIGITS = re.compile(r"[0-9]{1,19}")
-_UUID = re.compile(r"[0-9a-fA-F]{8}-(?:[0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}")
+UUID_TEXT: Final = r"[0-9a-fA-F]{8}-(?:[0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}"  # a path id, whole
+_UUID = re.compile(UUID_TEXT)
 _CUSTOMER_ID = re.compile(CUSTOMER_ID_CHARS)
 
 

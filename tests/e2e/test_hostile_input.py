@@ -220,10 +220,35 @@ async def test_bad_requests(
     assert await pool.fetchval("SELECT count(*) FROM events") == before
 
 
-async def test_wrong_method_lists_allowed(client: httpx.AsyncClient) -> None:
-    response = await client.delete("/orders")
+@pytest.mark.parametrize(
+    ("path", "allowed"),
+    [("/orders", {"POST"}), ("/products", {"GET", "HEAD", "POST"})],  # /products: two routes
+)
+async def test_wrong_method_lists_allowed(
+    client: httpx.AsyncClient, path: str, allowed: set[str]
+) -> None:
+    response = await client.delete(path)
     assert response.status_code == 405
-    assert "POST" in response.headers["allow"]
+    assert set(response.headers["allow"].split(", ")) == allowed
+
+
+@pytest.mark.parametrize("path", ["/products/", "/orders/"])
+async def test_a_trailing_slash_is_an_unknown_path_not_a_redirect(
+    client: httpx.AsyncClient, path: str
+) -> None:
+    response = await client.request("GET" if path == "/products/" else "POST", path)
+    assert response.status_code == 404
+    assert response.headers["content-type"] == "application/problem+json"
+
+
+async def test_a_whole_float_is_the_integer_it_spells(client: httpx.AsyncClient) -> None:
+    """JSON Schema's integers, the OpenAPI document's, include 2.0 (2.5 is refused above)."""
+    body = b'{"sku": "WHOLE-%s", "name": "x", "price_cents": 250.0, "stock": 1e1}'
+    response = await client.post(
+        "/products", content=body % uuid.uuid4().hex[:8].encode(), headers=JSON
+    )
+    assert response.status_code == 201, response.text
+    assert (response.json()["price_cents"], response.json()["stock"]) == (250, 10)
 
 
 @pytest.mark.parametrize(
