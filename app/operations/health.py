@@ -15,6 +15,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from app.contracts.eventlog import settled_position
 from app.operations.metrics import Metrics, ProjectorStatus, RelayStatus
 from app.plumbing.access import metrics_token_only
 from app.plumbing.failures import POSTGRES_FAILURES
@@ -63,6 +64,45 @@ async def _held(pool: asyncpg.Pool) -> tuple[int, int]:
     """(held streams, parked events) across all replicas (app/projector/holds.py)."""
     async with pool.acquire(timeout=_PROBE_TIMEOUT_S) as conn:
         return await holds.counts(conn, _PROBE_TIMEOUT_S)
+
+
+@dataclass(frozen=True, slots=True)
+class PipelineState:
+    """The pipeline as this replica sees it: the log head, the relay's checkpoint, the held
+    streams and parked events (PostgreSQL, the same on every replica), the applied position
+    known here, and how long the oldest event not applied here has waited."""
+
+    log_head: int
+    relay_position: int
+    applied: int
+    held: int
+    parked: int
+    lag_s: float
+
+    @property
+    def lag_events(self) -> int:
+        return max(0, self.log_head - self.applied)
+
+
+_OLDEST_WAITING = (
+    "SELECT coalesce(extract(epoch FROM now() - min(occurred_at)), 0)::float8 FROM"
+    " (SELECT occurred_at FROM events WHERE position > $1 ORDER BY position LIMIT 1) AS oldest"
+)
+
+
+async def pipeline_state(context: OperationsContext) -> PipelineState:
+    """Read on one pooled connection (for /metrics and /ops/stream). Raises POSTGRES_FAILURES."""
+    applied = context.waiter.current
+    async with context.resources.pool.acquire(timeout=_PROBE_TIMEOUT_S) as conn:
+        head: int = await conn.fetchval(
+            "SELECT coalesce(max(position), 0) FROM events", timeout=_PROBE_TIMEOUT_S
+        )
+        relay = await settled_position(
+            conn, context.resources.settings.relay_name, _PROBE_TIMEOUT_S
+        )
+        held, parked = await holds.counts(conn, _PROBE_TIMEOUT_S)
+        lag_s: float = await conn.fetchval(_OLDEST_WAITING, applied, timeout=_PROBE_TIMEOUT_S)
+    return PipelineState(head, relay, applied, held, parked, max(0.0, lag_s))
 
 
 async def _check_postgres(context: OperationsContext) -> str | None:
@@ -143,20 +183,19 @@ async def metrics(request: Request) -> Response:
 
 async def _refresh(context: OperationsContext) -> None:
     """Set the gauges read from PostgreSQL and this process for the scrape under way."""
-    m, pool, applied = context.metrics, context.resources.pool, context.waiter.current
-    m.read_position.set(applied)
-    m.pool(pool)
+    m = context.metrics
+    m.read_position.set(context.waiter.current)
+    m.pool(context.resources.pool)
     try:
-        head = await _log_head(pool)
-        held, parked = await _held(pool)
+        state = await pipeline_state(context)
     except POSTGRES_FAILURES:
         m.postgres_up.set(0)
         return
     m.postgres_up.set(1)
-    m.log_position.set(head)
-    m.lag_events.set(max(0, head - applied))
-    m.held.set(held)
-    m.parked.set(parked)
+    m.log_position.set(state.log_head)
+    m.lag_events.set(state.lag_events)
+    m.held.set(state.held)
+    m.parked.set(state.parked)
 
 
 def routes() -> list[Route]:

@@ -6,7 +6,8 @@ Names (README "Operating it"): `http_request_duration_seconds{method,route,statu
 `shop_commands_total{command,outcome}`, `shop_event_log_position`, `shop_read_model_position`,
 `shop_read_model_lag_events`, `shop_read_model_lag_seconds` (histogram: an event's transaction
 time to the projector storing it), `shop_held_streams`, `shop_parked_events`, `shop_postgres_up`,
-`shop_db_pool_{size,idle,max}`, `shop_relay_*`, `shop_projector_*`.
+`shop_db_pool_{size,idle,max}`, `shop_relay_*`, `shop_projector_*`, and with the read cache on
+`shop_read_cache_{hits,misses,fallbacks}_total{route}`, `shop_read_cache_errors_total{operation}`.
 """
 
 from __future__ import annotations
@@ -38,6 +39,13 @@ class RelayStatus(Protocol):
     def published(self) -> int: ...
     @property
     def in_flight(self) -> int: ...
+
+
+class CacheStatus(Protocol):
+    hits: Counter
+    misses: Counter
+    fallbacks: Counter
+    errors: Counter
 
 
 class ProjectorStatus(Protocol):
@@ -88,6 +96,10 @@ class Metrics:
         )
         self.pool_max = Gauge("shop_db_pool_max", "PostgreSQL pool size limit.", registry=reg)
 
+    def watch_cache(self, cache: CacheStatus) -> None:
+        """Export the read cache's counters (app/queries/cache.py), kept by the cache itself."""
+        self.registry.register(_CacheCollector(cache))
+
     def watch(self, relay: RelayStatus | None, projector: ProjectorStatus | None) -> None:
         """Export the relay's and the projector's status (read at every scrape)."""
         self.registry.register(_PipelineCollector(relay, projector))
@@ -95,10 +107,29 @@ class Metrics:
     def command(self, name: str, outcome: str) -> None:
         self.commands.labels(name, outcome).inc()
 
+    def commands_total(self) -> float:
+        """Commands this replica handled since it started, every name and outcome."""
+        return sum(
+            sample.value
+            for metric in self.commands.collect()
+            for sample in metric.samples
+            if sample.name.endswith("_total")
+        )
+
     def pool(self, pool: asyncpg.Pool) -> None:
         self.pool_size.set(pool.get_size())
         self.pool_idle.set(pool.get_idle_size())
         self.pool_max.set(pool.get_max_size())
+
+
+class _CacheCollector(Collector):
+    def __init__(self, cache: CacheStatus) -> None:
+        self._cache = cache
+
+    def collect(self) -> Iterator[Metric]:
+        cache = self._cache
+        for counter in (cache.hits, cache.misses, cache.fallbacks, cache.errors):
+            yield from counter.collect()
 
 
 class _PipelineCollector(Collector):

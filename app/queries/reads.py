@@ -68,3 +68,21 @@ async def products(
 async def top_products(db: Db, limit: int) -> list[Document]:
     """The best sellers: units sold descending, ties by id (the (units_sold, _id) index)."""
     return await db[PRODUCTS].find({}, sort=BEST_SELLING, limit=limit).to_list()
+
+
+async def order_changed(db: Db, order_id: str, after: int, through: int) -> list[Document]:
+    """The order if its last applied event lies in (after, through] (streams), else []."""
+    found = await db[ORDERS].find_one(
+        {"_id": order_id, "position": {"$gt": after, "$lte": through}}
+    )
+    return [] if found is None else [found]
+
+
+async def customer_orders_changed(
+    db: Db, customer_id: str, after: int, through: int, limit: int
+) -> list[Document]:
+    """A customer's orders whose last applied event lies in (after, through], oldest change
+    first, at most `limit` (streams). Scans that customer's orders (the customer_id prefix of
+    its indexes): a customer has few."""
+    query = {"customer_id": customer_id, "position": {"$gt": after, "$lte": through}}
+    return await db[ORDERS].find(query, sort=[("position", 1)], limit=limit).to_list()
