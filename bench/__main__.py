@@ -21,7 +21,7 @@ import uvloop
 from pymongo import AsyncMongoClient
 from pymongo.asynchronous.database import AsyncDatabase
 
-from bench import readstore, rebuild, report, scenarios, steady, sustained, write_side
+from bench import read_cache, readstore, rebuild, report, scenarios, steady, sustained, write_side
 from bench.http_load import LoadResult
 from bench.plan import FULL, QUICK, Plan
 from bench.relay_drain import run_bench
@@ -103,6 +103,7 @@ async def _scenarios(st: Stack, plan: Plan, out: dict[str, Any]) -> None:
     progress("waiting for the read model to catch up")
     out["get_order_behind_at_start"] = await running.catch_up(plan.catch_up_s)
     await _read_side(st, running.port, ids, plan, out)
+    await read_cache.run(st, [str(p) for p in running.orders.product_ids], plan, out)
     log = await st.scratch_database("log")  # the rebuild's log: what the scenarios above wrote
     await rebuild.copy_log(st.settings.database_url, log, plan.rebuild_events)
     # The search before the run at half the maximum: the backlog that one leaves behind can

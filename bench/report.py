@@ -185,6 +185,7 @@ def rows(r: dict[str, Any]) -> list[Row]:
             f"{go['ratio']:.2f}",
             f">= 0.70 {_verdict(go['ratio'] >= 0.7)}",
         ),
+        *_product_cache_rows(r),
         (
             f"app memory, {mem['duration_s']:.0f} s @ {lag['rate_per_s']:.0f}/s",
             f"peak {mem['peak_mib']:.0f} MiB",
@@ -203,9 +204,36 @@ def rows(r: dict[str, Any]) -> list[Row]:
     return lines
 
 
+def _product_cache_rows(r: dict[str, Any]) -> list[Row]:
+    """GET /products/{id} on a read replica with the Redis cache, beside one without it."""
+    pc = r.get("product_cache")
+    if pc is None:
+        return []
+    name = "GET /products/{id}, 32 conn, cached"
+    if "skipped" in pc:
+        return [(name, f"skipped: {pc['skipped']}", "", "", "")]
+    return [(
+        name,
+        f"{pc['cached_per_s']:.0f} req/s, p99 {pc['cached_p99_ms']:.1f} ms,"
+        f" hit rate {pc['hit_rate'] * 100:.1f}%"
+        + (f", {pc['fallbacks']:.0f} fallbacks" if pc["fallbacks"] else ""),
+        f"{pc['uncached_per_s']:.0f} req/s, p99 {pc['uncached_p99_ms']:.1f} ms (no REDIS_URL)",
+        f"{pc['ratio']:.2f}",
+        "",
+    )]  # fmt: skip
+
+
+def product_cache_table(r: dict[str, Any]) -> str:
+    """The table of `python -m bench.read_cache`: its one row."""
+    return render(_product_cache_rows(r))
+
+
 def table(r: dict[str, Any]) -> str:
+    return render(rows(r))
+
+
+def render(body: list[Row]) -> str:
     header: Row = ("scenario", "measured", "ceiling (same run)", "ratio", "target")
-    body = rows(r)
     widths = [max(len(row[i]) for row in [header, *body]) for i in range(5)]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
              for row in [header, *body]]  # fmt: skip
@@ -218,7 +246,13 @@ def ratios_line(r: dict[str, Any]) -> str:
         f"ratios: place_order={r['place_order']['ratio']:.2f} relay={r['relay']['ratio']:.2f}"
         f" rebuild={r['rebuild']['ratio']:.2f} get_order={r['get_order']['ratio']:.2f}"
         f" lag_p99_ms={round(r['lag']['p99_ms'])} sustained={r['sustained']['ratio']:.2f}"
-    )
+    ) + product_cache_ratio(r)
+
+
+def product_cache_ratio(r: dict[str, Any]) -> str:
+    """` product_cache=<cached / uncached>`, when the run had a Redis to measure it with."""
+    ratio = r.get("product_cache", {}).get("ratio")
+    return "" if ratio is None else f" product_cache={ratio:.2f}"
 
 
 def write(r: dict[str, Any]) -> None:

@@ -33,6 +33,8 @@ from app.plumbing.resources import connect_broker
 from app.plumbing.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
+# the stores are the stack's own; the read cache is opted into per process (bench.read_cache)
+_NOT_INHERITED = ("DATABASE_", "MONGO_", "REDIS_", "CACHE_")
 
 
 async def wait_for_port(port: int, process: subprocess.Popen[bytes], within_s: float) -> None:
@@ -142,7 +144,7 @@ class Stack:
 
     def app_env(self, port: int, **extra: str) -> dict[str, str]:
         s = self.settings
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_", "MONGO_"))}
+        env = {k: v for k, v in os.environ.items() if not k.startswith(_NOT_INHERITED)}
         env.update({
             "DATABASE_URL": s.database_url, "AMQP_URL": s.amqp_url, "MONGO_URL": s.mongo_url,
             "MONGO_DB": s.mongo_db, "EXCHANGE": s.exchange, "PROJECTOR_QUEUE": s.projector_queue,
@@ -212,11 +214,12 @@ async def _delete_topology(settings: Settings) -> None:
 
 
 @contextlib.asynccontextmanager
-async def stack() -> AsyncIterator[Stack]:
-    """A fresh stack for one benchmark run; everything it made is gone when it exits."""
+async def stack(kind: str = "bench") -> AsyncIterator[Stack]:
+    """A fresh stack for one benchmark (or `kind`, e.g. chaos) run, its names tagged with
+    `kind`; everything it made is gone when it exits."""
     base = Settings.from_env()
     tag = uuid.uuid4().hex[:10]
-    database = f"shop_bench_{tag}"
+    database = f"shop_{kind}_{tag}"
     async with contextlib.AsyncExitStack() as exits:
         store: LocalStore | None = None
         mongo_url = os.environ.get("MONGO_URL", "")
@@ -229,11 +232,11 @@ async def stack() -> AsyncIterator[Stack]:
             base,
             database_url=_dsn(base.database_url, database),
             mongo_url=mongo_url,
-            mongo_db=f"shop_bench_{tag}",
-            exchange=f"bench.{tag}.events",
-            projector_queue=f"bench.{tag}.projector",
-            parked_queue=f"bench.{tag}.projector.parked",
-            relay_name=f"bench-{tag}",
+            mongo_db=f"shop_{kind}_{tag}",
+            exchange=f"{kind}.{tag}.events",
+            projector_queue=f"{kind}.{tag}.projector",
+            parked_queue=f"{kind}.{tag}.projector.parked",
+            relay_name=f"{kind}-{tag}",
         )
         await _create_database(base.database_url, database)
         exits.push_async_callback(_drop_database, base.database_url, database)

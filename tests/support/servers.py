@@ -24,6 +24,9 @@ from app.plumbing.localstore import free_port
 from app.plumbing.settings import Settings
 from tests.support.waiting import eventually
 
+# the stores are the test's own; the read cache is opted into per test
+_NOT_INHERITED = ("DATABASE_", "MONGO_", "REDIS_", "CACHE_")
+
 __all__ = ["AppProcess", "Server", "ServerFactory", "app_env", "free_port", "http_client"]
 
 
@@ -78,7 +81,7 @@ ServerFactory = Callable[..., Awaitable[Server]]
 
 def app_env(settings: Settings, port: int) -> dict[str, str]:
     """The environment of a `python -m app` process serving `settings` on `port`."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_", "MONGO_"))}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(_NOT_INHERITED)}
     env.update(
         {
             "DATABASE_URL": settings.database_url,
