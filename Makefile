@@ -3,9 +3,9 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
-SRC    := $(wildcard app tests bench loadtest)
+SRC    := $(wildcard app tests bench chaos loadtest)
 
-.PHONY: install run test test-fast check format bench clean
+.PHONY: install run test test-fast check format bench bench-scale chaos clean
 
 install: $(STAMP)
 
@@ -35,6 +35,12 @@ format: $(STAMP)
 
 bench: $(STAMP)  ## measure against this machine's ceilings (BENCH_QUICK=1 for a short run)
 	$(BIN)/python -m bench
+
+bench-scale: $(STAMP)  ## rebuild, compare and verify on a log of a million orders: peak RSS and rates
+	$(BIN)/python -m bench.at_scale
+
+chaos: $(STAMP)  ## faults under traffic on two replicas, then the tally (CHAOS_QUICK=1: ~60 s; docs/reliability.md)
+	$(BIN)/python -m chaos $(CHAOS_ARGS)
 
 clean:
 	rm -rf $(VENV) .secantus .mypy_cache .ruff_cache .pytest_cache .coverage

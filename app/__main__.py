@@ -1,6 +1,7 @@
 """`python -m app [serve|migrate|verify|rebuild|parked|token]`: serve (migrating first, the
 default), only migrate, compare the read model with the write side's truth (exit 1 on any
-difference), rebuild the read model from the event log (with the projectors stopped), list,
+difference), rebuild the read model from the event log into a new generation and switch to
+it while the service serves (or in place, `--offline`), list,
 retry and skip the events the projector parked, or print a signed bearer token for local use."""
 
 from __future__ import annotations
@@ -20,8 +21,11 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(prog="python -m app", description=__doc__)
     commands = parser.add_subparsers(dest="command")
-    for name in ("serve", "migrate", "verify", "rebuild"):
+    from app.operations import rebuild
+
+    for name in ("serve", "migrate", "verify"):
         commands.add_parser(name)
+    rebuild.add_arguments(commands.add_parser("rebuild", help="a new read model, online"))
     parked.add_arguments(commands.add_parser("parked", help="events the projector parked"))
     _add_token_arguments(commands.add_parser("token", help="print an HS256 bearer token"))
     args = parser.parse_args(argv)
@@ -40,9 +44,7 @@ def main(argv: list[str] | None = None) -> int:
 
         return verify.main(settings)
     if args.command == "rebuild":
-        from app.operations import rebuild
-
-        return rebuild.run(settings)
+        return rebuild.main(settings, args)
     if args.command == "parked":
         return parked.main(settings, args)
     try:

@@ -11,16 +11,18 @@ from collections.abc import AsyncIterator, Coroutine
 from typing import Any
 
 import asyncpg
-from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import PyMongoError
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 
 from app.commands import idempotency
 from app.commands.routes import CommandContext
 from app.commands.routes import routes as command_routes
+from app.contracts.generations import ReadModel
+from app.contracts.readmodel import Db
 from app.contracts.topology import Topology
-from app.operations import asyncapi, health, metrics, openapi
-from app.plumbing import access, problems, tracing
+from app.operations import asyncapi, dashboard, health, metrics, openapi
+from app.plumbing import access, problems, sse, tracing
 from app.plumbing.failures import POSTGRES_FAILURES
 from app.plumbing.resources import (
     Resources,
@@ -30,10 +32,13 @@ from app.plumbing.resources import (
     open_resources,
 )
 from app.plumbing.settings import Settings
+from app.projector import generations
 from app.projector.applied import AppliedPosition
-from app.projector.consumer import Projector, ProjectorConfig
+from app.projector.consumer import OnStored, Projector, ProjectorConfig
+from app.queries.cache import open_read_cache
 from app.queries.routes import QueryContext
 from app.queries.routes import routes as query_routes
+from app.queries.streams import routes as stream_routes
 from app.queries.waiting import LocalFirstWaiter, MongoPositionWaiter, Waiter
 from app.relay.runner import Relay, RelayConfig
 
@@ -50,6 +55,17 @@ async def _purge_idempotency_keys(pool: asyncpg.Pool, ttl_s: int) -> None:
         except POSTGRES_FAILURES as exc:
             log.warning("purging expired idempotency keys failed, will retry: %r", exc)
         await asyncio.sleep(min(ttl_s, 3600) / 4)
+
+
+async def _retire_generations(base: Db, interval_s: float = 300.0) -> None:
+    """Drop the read model generation a rebuild switched away from once its grace period
+    (READ_MODEL_KEEP_PREVIOUS_S) is over; every replica looks, the pointer lets one win."""
+    while True:
+        await asyncio.sleep(interval_s)
+        try:
+            await generations.retire_expired(base)
+        except PyMongoError as exc:
+            log.warning("retiring an old read model generation failed, will retry: %r", exc)
 
 
 class Tasks:
@@ -111,34 +127,39 @@ def relay_for(settings: Settings, wakeup: asyncio.Event) -> Relay:
 def projector_for(
     settings: Settings,
     pool: asyncpg.Pool,
-    db: AsyncDatabase[dict[str, Any]],
+    model: ReadModel,
     applied: AppliedPosition,
+    *,
+    on_stored: OnStored | None = None,
     **backoff: float,
 ) -> Projector:
     """The projector as `serve` runs it; `backoff` overrides its retry delays (tests)."""
     connect = functools.partial(connect_broker, settings)
-    return Projector(projector_config(settings), pool, db, connect, applied, **backoff)
+    config = projector_config(settings)
+    return Projector(config, pool, model, connect, applied, on_stored=on_stored, **backoff)
 
 
 def _start_pipeline(
     resources: Resources,
+    model: ReadModel,
     projector_pool: asyncpg.Pool | None,
     commit_signal: asyncio.Event,
     tasks: Tasks,
+    on_stored: OnStored | None = None,
 ) -> tuple[Relay | None, Projector | None, Waiter]:
     """Start the relay and the projector this replica runs, and pick how reads wait for
     `after`: in-process when the projector runs here (with the `meta` document as a fallback
     while another replica's projector is the active one), else by polling `meta`."""
     settings = resources.settings
     relay = projector = None
-    remote = MongoPositionWaiter(resources.db, settings.read_poll_interval_s)
+    remote = MongoPositionWaiter(model, settings.read_poll_interval_s)
     waiter: Waiter = remote
     if settings.relay_enabled:
         relay = relay_for(settings, commit_signal)
         tasks.start("relay", relay.run())
     if projector_pool is not None:
         applied = AppliedPosition()
-        projector = projector_for(settings, projector_pool, resources.db, applied)
+        projector = projector_for(settings, projector_pool, model, applied, on_stored=on_stored)
         waiter = LocalFirstWaiter(applied, remote, grace_s=settings.read_poll_interval_s)
         tasks.start("projector", projector.run())
     return relay, projector, waiter
@@ -172,11 +193,16 @@ def create_app(settings: Settings) -> Starlette:
         async with (
             open_resources(settings) as resources,
             _projector_pool(settings) as projector_pool,
+            open_read_cache(settings) as read_cache,
         ):
             commit_signal = asyncio.Event()
             tasks = Tasks()
+            model = ReadModel(resources.db)
+            tasks.start("read-model-generation", model.watch())
+            tasks.start("retire-generations", _retire_generations(resources.db))
+            invalidate = None if read_cache is None else read_cache.invalidate
             relay, projector, waiter = _start_pipeline(
-                resources, projector_pool, commit_signal, tasks
+                resources, model, projector_pool, commit_signal, tasks, invalidate
             )
             pool = resources.pool
             tasks.start("purge-keys", _purge_idempotency_keys(pool, settings.idempotency_ttl_s))
@@ -188,9 +214,14 @@ def create_app(settings: Settings) -> Starlette:
                 on_outcome=telemetry.command,
             )
             app.state.queries = QueryContext(
-                db=resources.db, waiter=waiter, read_wait_max_s=settings.read_wait_max_s
+                model=model,
+                waiter=waiter,
+                read_wait_max_s=settings.read_wait_max_s,
+                cache=read_cache,
             )
             telemetry.watch(relay, projector)
+            if read_cache is not None:
+                telemetry.watch_cache(read_cache)
             app.state.operations = health.OperationsContext(
                 resources=resources,
                 waiter=waiter,
@@ -207,7 +238,9 @@ def create_app(settings: Settings) -> Starlette:
         routes=[
             *command_routes(),
             *query_routes(),
+            *stream_routes(),
             *health.routes(),
+            *dashboard.routes(),
             *openapi.routes(),
             *asyncapi.routes(settings.exchange),
         ],
@@ -217,7 +250,11 @@ def create_app(settings: Settings) -> Starlette:
             *([Middleware(tracing.TraceRequests)] if settings.tracing else []),
         ],
     )
+    # a trailing slash is an unknown path (404), not a 307 to where the client did not ask
+    app.router.redirect_slashes = False
     app.state.openapi = openapi.encoded()
     problems.install(app)
     access.install(app, access_control)
+    slots = sse.StreamSlots(settings.stream_max_open)  # every stream of the app, ops too
+    sse.install(app, sse.Streams(slots, settings.stream_heartbeat_s, settings.read_poll_interval_s))
     return app

@@ -6,7 +6,8 @@ retries a held stream (after deploying a fix: its events are applied in order; o
 again stays parked with the rest behind it), or skips one event for good (recorded with the
 reason; then the stream's later events are applied). Safe while the service runs: a release
 locks the stream's hold, so the projector parks behind it or, once released, applies after it.
-Every action is logged and kept in `parked_audit`.
+Every action is logged and kept in `parked_audit`. Releases are refused while a rebuild of the
+read model is unfinished (its new generation keeps the stream held, and would miss them).
 
 Exit codes: 0 done; 1 an event failed again (still parked) or a dependency failed; 2 nothing
 to act on (no such held stream or parked position) or a usage error.
@@ -25,6 +26,8 @@ import msgspec
 from pymongo.errors import PyMongoError
 
 from app.contracts.eventlog import fetch_positions
+from app.contracts.generations import GENERATIONS, REBUILD_ID, ReadModel
+from app.contracts.readmodel import Db
 from app.plumbing.failures import POSTGRES_FAILURES
 from app.plumbing.resources import Resources, open_resources
 from app.plumbing.settings import Settings
@@ -62,15 +65,24 @@ async def _run(settings: Settings, args: argparse.Namespace) -> int:
     async with open_resources(settings, pool_min=1, pool_max=2) as resources:
         if args.action == "list":
             return await _list(resources, as_json=args.json)
+        model = ReadModel(resources.db)
+        await model.refresh()  # a release writes the generation in use
+        if await resources.db[GENERATIONS].find_one({"_id": REBUILD_ID}) is not None:
+            print(
+                "a rebuild of the read model is unfinished (python -m app rebuild): let it "
+                "switch, or abort it, before releasing held streams",
+                file=sys.stderr,
+            )
+            return 2
         if args.action == "skip":
-            return await _skip(resources, args.position, args.reason)
+            return await _skip(resources, model.db, args.position, args.reason)
         if args.all:
             async with resources.pool.acquire() as conn:
                 streams = sorted(await holds.held_streams(conn))
         else:
             stream_type, _, stream_id = args.stream.partition(":")
             streams = [(stream_type, stream_id)]
-        outcomes = [await release(resources, stream) for stream in streams]
+        outcomes = [await release(resources, model.db, stream) for stream in streams]
         for outcome in outcomes:
             print(outcome.summary())
         if not outcomes or any(o.held is None for o in outcomes):
@@ -98,7 +110,7 @@ async def _list(resources: Resources, *, as_json: bool) -> int:
     return 0
 
 
-async def _skip(resources: Resources, position: int, reason: str) -> int:
+async def _skip(resources: Resources, db: Db, position: int, reason: str) -> int:
     async with resources.pool.acquire() as conn:
         row = await conn.fetchrow(
             "SELECT stream_type, stream_id FROM parked_events WHERE position = $1", position
@@ -106,7 +118,8 @@ async def _skip(resources: Resources, position: int, reason: str) -> int:
     if row is None:
         print(f"position {position} is not parked", file=sys.stderr)
         return 2
-    outcome = await release(resources, (row["stream_type"], row["stream_id"]), (position, reason))
+    stream = (row["stream_type"], row["stream_id"])
+    outcome = await release(resources, db, stream, (position, reason))
     print(outcome.summary())
     return 1 if outcome.held else 0
 
@@ -128,9 +141,10 @@ class Release:
 
 
 async def release(
-    resources: Resources, stream: holds.Stream, skip: tuple[int, str] | None = None
+    resources: Resources, db: Db, stream: holds.Stream, skip: tuple[int, str] | None = None
 ) -> Release:
-    """Apply the parked events of `stream` in order (after skipping `skip`'s position, with its
+    """Apply the parked events of `stream` to `db` (the read model generation in use) in order
+    (after skipping `skip`'s position, with its
     reason), under the hold's lock; the hold goes once none is left. An event that fails again
     stays parked, with every later one. Raises on a transient failure (run it again)."""
     async with resources.pool.acquire() as conn, conn.transaction():
@@ -150,7 +164,7 @@ async def release(
         for event in await fetch_positions(conn, positions):
             decoded = decode_logged(event, event.position - 1)
             try:
-                await readmodel.write_documents(resources.db, [decoded])
+                await readmodel.write_documents(db, [decoded])
             except Exception as exc:
                 if is_transient(exc):
                     raise

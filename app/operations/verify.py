@@ -23,6 +23,7 @@ import asyncpg
 import msgspec
 from pymongo.asynchronous.database import AsyncDatabase
 
+from app.contracts.generations import ReadModel
 from app.contracts.readmodel import CUSTOMERS, ORDERS, PRODUCTS, applied_position
 from app.plumbing.resources import open_resources
 from app.plumbing.settings import Settings
@@ -104,13 +105,16 @@ MAX_DIFFERENCES = 10_000  # kept in the report; the count goes on
 
 
 async def verify(settings: Settings, wait_s: float = 30.0) -> Report:
-    """Differences between PostgreSQL's truth and the read model of `settings.mongo_db`,
+    """Differences between PostgreSQL's truth and the read model of `settings.mongo_db` (the
+    generation in use),
     after waiting up to `wait_s` for the projector to catch up. Reads only."""
     async with (
         open_resources(settings, pool_min=1, pool_max=1) as resources,
         resources.pool.acquire() as conn,
     ):
-        db = resources.db
+        model = ReadModel(resources.db)
+        await model.refresh()  # the generation in use
+        db = model.db
         log_position = int(await conn.fetchval("SELECT coalesce(max(position), 0) FROM events"))
         read_position = await _wait_for_position(db, log_position, wait_s)
         checked: dict[str, int] = {}
@@ -186,25 +190,46 @@ async def _compare(
     what differs to `differences` (up to MAX_DIFFERENCES); returns how many rows it checked."""
     checked = 0
     async with conn.transaction(readonly=True, isolation="repeatable_read"):
-        expected = aiter(_rows(conn, query))
-        actual = aiter(db[name].find(sort=[("_id", 1)], batch_size=_CHUNK))
-        row, document = await anext(expected, None), await anext(actual, None)
-        while row is not None or document is not None:
+        documents = documents_by_id(db, name)
+        async for doc_id, row, document in merged(_rows(conn, query), documents):
             found: list[Difference]
-            doc_id = None if document is None else str(document["_id"])
-            if row is not None and (doc_id is None or row[0] < doc_id):
-                found = [_whole(name, row[0], expected="present", actual="missing")]
-                row, checked = await anext(expected, None), checked + 1
-            elif row is None or (doc_id is not None and doc_id < row[0]):
-                assert doc_id is not None
+            if document is None:
+                found = [_whole(name, doc_id, expected="present", actual="missing")]
+            elif row is None:
                 found = [_whole(name, doc_id, expected="absent", actual="present")]
-                document = await anext(actual, None)
             else:
-                found = _compare_fields(name, row[0], row[1], document or {})
-                row, checked = await anext(expected, None), checked + 1
-                document = await anext(actual, None)
+                found = _compare_fields(name, doc_id, row, document)
+            checked += row is not None
             differences += found[: max(0, MAX_DIFFERENCES - len(differences))]
     return checked
+
+
+Keyed = AsyncIterator[tuple[str, Fields]]
+
+
+async def merged(
+    left: Keyed, right: Keyed
+) -> AsyncIterator[tuple[str, Fields | None, Fields | None]]:
+    """Merge two streams sorted by id (byte order): each id once, with its item on each side
+    (None where that side has none). Holds one item per side."""
+    a, b = await anext(left, None), await anext(right, None)
+    while a is not None or b is not None:
+        if b is None or (a is not None and a[0] < b[0]):
+            assert a is not None
+            yield a[0], a[1], None
+            a = await anext(left, None)
+        elif a is None or b[0] < a[0]:
+            yield b[0], None, b[1]
+            b = await anext(right, None)
+        else:
+            yield a[0], a[1], b[1]
+            a, b = await anext(left, None), await anext(right, None)
+
+
+async def documents_by_id(db: AsyncDatabase[Fields], name: str) -> Keyed:
+    """A collection's documents in `_id` order, a chunk at a time."""
+    async for document in db[name].find(sort=[("_id", 1)], batch_size=_CHUNK):
+        yield str(document["_id"]), document
 
 
 async def _rows(conn: asyncpg.Connection, query: str) -> AsyncIterator[tuple[str, Fields]]:

@@ -11,6 +11,7 @@ import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from typing import Any
+from urllib.parse import urlsplit
 
 
 class SettingsError(ValueError):
@@ -57,6 +58,20 @@ class Settings:
     read_wait_max_s: float = 5.0
     read_poll_interval_s: float = 0.05
     ready_max_lag: int = 10_000
+    # how long `rebuild` keeps the generation it switched away from, for `rebuild --rollback`
+    read_model_keep_previous_s: int = 86_400
+
+    # Server-sent event streams (app/queries/streams.py, app/operations/dashboard.py)
+    stream_heartbeat_s: float = 15.0
+    stream_max_open: int = 1000  # per replica, every stream counted; beyond it 503
+    dashboard_interval_s: float = 1.0  # how often /ops/stream sends the pipeline's state
+
+    # Read cache (README "The read cache", app/queries/cache.py): off unless REDIS_URL is set
+    redis_url: str = dataclasses.field(default="", repr=False)  # may carry a password
+    cache_key_prefix: str = "shop"  # every key starts with `<prefix>:<read-model database>:`
+    cache_ttl_s: float = 60.0  # an entry's life: the bound on staleness if invalidations fail
+    cache_timeout_s: float = 0.25  # longest wait for Redis before a read goes to MongoDB
+    cache_retry_after_s: float = 1.0  # after a Redis failure, MongoDB only for this long
 
     # Access control (README "Access control"). app/plumbing/access.py checks these when the
     # app is built (the key must be parsed), naming the variable, so a bad one fails the start.
@@ -97,6 +112,8 @@ class Settings:
             "projector_poison_attempts",
             "idempotency_ttl_s",
             "ready_max_lag",
+            "read_model_keep_previous_s",
+            "stream_max_open",
         ):
             if getattr(self, name) < 1:
                 raise SettingsError(f"{name.upper()} must be >= 1")
@@ -106,9 +123,26 @@ class Settings:
             "read_wait_max_s",
             "read_poll_interval_s",
             "command_timeout_s",
+            "stream_heartbeat_s",
+            "dashboard_interval_s",
         ):
             if getattr(self, name) <= 0:
                 raise SettingsError(f"{name.upper()} must be > 0")
+        _check_cache(self)
+
+
+_REDIS_SCHEMES = ("redis", "rediss", "unix")
+
+
+def _check_cache(settings: Settings) -> None:
+    if settings.redis_url and urlsplit(settings.redis_url).scheme not in _REDIS_SCHEMES:
+        raise SettingsError("REDIS_URL must be a redis://, rediss:// or unix:// URL")
+    prefix = settings.cache_key_prefix
+    if not prefix or not prefix.isprintable() or " " in prefix:
+        raise SettingsError("CACHE_KEY_PREFIX must be printable text without spaces, not empty")
+    for name in ("cache_ttl_s", "cache_timeout_s", "cache_retry_after_s"):
+        if getattr(settings, name) <= 0:
+            raise SettingsError(f"{name.upper()} must be > 0")
 
 
 def _parse_bool(raw: str) -> bool:

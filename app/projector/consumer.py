@@ -8,18 +8,18 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Final, TypeVar
+from typing import Final, TypeVar
 
 import aiormq
 import aiormq.abc
 import asyncpg
 from opentelemetry.trace import SpanKind
 from prometheus_client import Histogram
-from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import PyMongoError
 
-from app.contracts.eventlog import fetch_range, settled_position
-from app.contracts.readmodel import applied_position, ensure_indexes
+from app.contracts.eventlog import settled_position
+from app.contracts.generations import ReadModel
+from app.contracts.readmodel import ensure_indexes
 from app.contracts.topology import Topology
 from app.plumbing.backoff import Backoff
 from app.plumbing.failures import POSTGRES_FAILURES
@@ -28,7 +28,7 @@ from app.plumbing.tracing import start_span
 from app.projector import readmodel
 from app.projector.applied import AppliedPosition
 from app.projector.counters import ProjectorCounters
-from app.projector.deliveries import Decoded, Gap, plan, repaired
+from app.projector.deliveries import Decoded, Gap, plan, read_gap
 from app.projector.inbox import Message, decode, park, subscribe, take
 from app.projector.poison import GuardedStore
 
@@ -43,6 +43,11 @@ _DISCONNECTED: Final = (aiormq.AMQPError, aiormq.ChannelInvalidStateError, Conne
 
 _GAP_CHUNK: Final = 5000  # positions read from the log and applied at a time
 _LAG_BUCKETS: Final = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+# Awaited after events are stored and before readers are woken for them, with the read-model
+# database written, the ids of the products they may have changed, and the last position
+# stored (the read cache's invalidation: app/queries/cache.py). It must not raise.
+OnStored = Callable[[str, frozenset[str], int], Awaitable[None]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,14 +73,16 @@ class Projector:
         self,
         config: ProjectorConfig,
         pool: asyncpg.Pool,
-        db: AsyncDatabase[dict[str, Any]],
+        model: ReadModel,
         connect_broker: BrokerConnect,
         applied: AppliedPosition,
         *,
         backoff_initial_s: float = 0.05,
         backoff_max_s: float = 2.0,
+        on_stored: OnStored | None = None,
     ) -> None:
-        self._config, self._pool, self._db = config, pool, db
+        self._config, self._pool, self._model = config, pool, model
+        self._on_stored = on_stored
         self._connect_broker = connect_broker
         self.applied = applied
         self._backoff = (backoff_initial_s, backoff_max_s)
@@ -92,7 +99,7 @@ class Projector:
             registry=None,
         )
         self._guard = GuardedStore(
-            db, pool, self.counters, config.poison_attempts, (backoff_initial_s, backoff_max_s)
+            model, pool, self.counters, config.poison_attempts, (backoff_initial_s, backoff_max_s)
         )
         # reset only once a batch is stored: a consumer that connects and fails at once must
         # not reconnect in a tight loop
@@ -120,8 +127,9 @@ class Projector:
             await asyncio.sleep(self._reconnect.next_delay())
 
     async def _start(self) -> int:
-        await ensure_indexes(self._db)
-        return await applied_position(self._db)
+        await self._model.refresh()
+        await ensure_indexes(self._model.db)
+        return await self._model.position()
 
     async def _consume(self) -> None:
         connection = await self._connect_broker()
@@ -186,6 +194,9 @@ class Projector:
             for span in spans:
                 span.end()
         self._position = events[-1].position
+        if self._on_stored is not None:
+            products = {e.envelope.stream_id for e in events if e.envelope.stream_type == "product"}
+            await self._on_stored(self._model.db.name, frozenset(products), self._position)
         stored_at = time.time()
         for event in events:
             self.lag_seconds.observe(stored_at - event.envelope.occurred_at.timestamp())
@@ -198,21 +209,18 @@ class Projector:
         """Read the positions of `gap` from the log and apply them, a bounded chunk at a time
         (a read model dropped and refilled from position 0 is one big gap)."""
         log.info("projector repairs positions %d..%d from the log", gap.after + 1, gap.through)
-        after = gap.after
-        while after < gap.through:
-            through = min(after + _GAP_CHUNK, gap.through)
-            async with self._pool.acquire() as conn:
-                events = repaired(Gap(after, through), await fetch_range(conn, after, through))
+        async for events in read_gap(self._pool, gap, _GAP_CHUNK):
             await self._store(events)
             self.counters.repaired += len(events)
-            after = through
 
     async def _repair_stall(self) -> None:
         """Idle: a lost delivery is normally revealed by the next one's `prev_position`, but
         the last ones of a burst have no successor. So when the stored position stood still
         for two idle checks in a row below the relay's checkpoint (everything up to it is
         published or proven dead), read the missing events from the log."""
-        stored = await applied_position(self._db)
+        stored = await self._stored_position()
+        if stored is None:
+            return
         stalled, self._idle_position = stored == self._idle_position, stored
         if self._position is None or stored > self._position:
             self._position = stored  # another replica's projector applied them
@@ -230,10 +238,26 @@ class Projector:
     async def _reload_position(self) -> None:
         """After a storage failure trust the store, not memory: a store that crashed may have
         lost acknowledged writes; `meta` is written last, so it never claims a lost one."""
-        stored = await applied_position(self._db)
+        stored = await self._stored_position()
+        if stored is None:
+            return
         if self._position is not None and stored < self._position:
             await self._reset_to(stored)
         self._position, self._reload = stored, False
+
+    async def _stored_position(self) -> int | None:
+        """The applied position stored in the current generation; None when a rebuild switched
+        the read model to another generation, whose position is then taken as applied (it
+        holds at least what the old one did when it was frozen; a gap after it is read from
+        the log when the next delivery shows it)."""
+        before = self._model.db.name
+        await self._model.refresh()
+        stored = await self._model.position()  # follows a superseded generation too
+        if self._model.db.name == before:
+            return stored
+        log.info("projector follows the read model to %s at %d", self._model.db.name, stored)
+        self._position, self._reload, self._idle_position = stored, False, -1
+        return None
 
     async def _reset_to(self, stored: int) -> None:
         """The store went back to `stored`. Documents of a store that lost writes still
@@ -242,8 +266,8 @@ class Projector:
         customer created from its latest order only), so start from empty."""
         if stored == 0:
             log.warning("the read model was dropped: refilling it from the log")
-            await readmodel.drop(self._db)
-            await ensure_indexes(self._db)
+            await readmodel.drop(self._model.db)
+            await ensure_indexes(self._model.db)
         else:
             log.warning("the read model lost writes: re-applying from position %d", stored)
         self._position = stored

@@ -8,13 +8,14 @@ undone, and a `Gap` wherever a delivery's `prev_position` says the transport los
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 from typing import Literal
 
+import asyncpg
 import msgspec
 
-from app.contracts.eventlog import LoggedEvent
+from app.contracts.eventlog import LoggedEvent, fetch_range
 from app.contracts.events import EVENT_TYPES, Envelope, EventData, decode_data
 from app.contracts.upcasting import upcast
 
@@ -104,6 +105,17 @@ def plan(applied: int, deliveries: Iterable[Decoded]) -> list[Decoded | Gap]:
         steps.append(delivery)
         cursor = delivery.position
     return steps
+
+
+async def read_gap(pool: asyncpg.Pool, gap: Gap, chunk: int) -> AsyncIterator[list[Decoded]]:
+    """The log's events of `gap`, read and decoded `chunk` positions at a time (a read model
+    refilled from position 0 is one big gap); a chunk may be empty (rolled-back positions)."""
+    after = gap.after
+    while after < gap.through:
+        through = min(after + chunk, gap.through)
+        async with pool.acquire() as conn:
+            yield repaired(Gap(after, through), await fetch_range(conn, after, through))
+        after = through
 
 
 def repaired(gap: Gap, events: Iterable[LoggedEvent]) -> list[Decoded]:

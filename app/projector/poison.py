@@ -18,7 +18,6 @@ from datetime import UTC, datetime
 from typing import Final
 
 import asyncpg
-from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import (
     BulkWriteError,
     ConnectionFailure,
@@ -27,7 +26,7 @@ from pymongo.errors import (
     WTimeoutError,
 )
 
-from app.contracts.readmodel import Document
+from app.contracts.generations import ReadModel
 from app.plumbing.backoff import Backoff
 from app.plumbing.failures import POSTGRES_FAILURES
 from app.projector import holds, readmodel
@@ -64,17 +63,18 @@ def is_transient(exc: BaseException) -> bool:
 
 
 class GuardedStore:
-    """The projector's writes to the read model, with the poison policy above."""
+    """The projector's writes to the read model (the generation `model` names at the time of
+    each write), with the poison policy above."""
 
     def __init__(
         self,
-        db: AsyncDatabase[Document],
+        model: ReadModel,
         pool: asyncpg.Pool,
         counters: ProjectorCounters,
         attempts: int,
         backoff: tuple[float, float],
     ) -> None:
-        self._db, self._pool, self._counters = db, pool, counters
+        self._model, self._pool, self._counters = model, pool, counters
         self._attempts = attempts
         self._backoff = backoff
 
@@ -88,7 +88,7 @@ class GuardedStore:
         while True:
             pending = await self._park_held(pending)
             try:
-                await readmodel.apply_events(self._db, pending, position, through)
+                await readmodel.apply_events(self._model.db, pending, position, through)
                 return
             except Exception as exc:
                 if is_transient(exc):
@@ -113,7 +113,7 @@ class GuardedStore:
         attempts = 1 if event.skipped == "invalid-data" else self._attempts  # never changes
         for attempt in range(1, attempts + 1):
             try:
-                await readmodel.apply_events(self._db, [event], position)
+                await readmodel.apply_events(self._model.db, [event], position)
                 return True
             except Exception as exc:
                 if is_transient(exc):

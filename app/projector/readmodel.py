@@ -4,24 +4,35 @@ app/contracts/readmodel.py; full rebuilds: app/projector/rebuild.py)."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Final
+from datetime import UTC, datetime
 
 from pymongo import InsertOne, UpdateOne
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import BulkWriteError
+from pymongo.errors import BulkWriteError, DuplicateKeyError
 
+from app.contracts.generations import FROZEN_UNTIL, SUPERSEDED_BY, meta_of, writable
 from app.contracts.readmodel import COLLECTIONS, META, META_ID, Document
+from app.projector import pipelines
 from app.projector.coalescing import coalesce
 from app.projector.deliveries import Decoded
 from app.projector.documents import Write, project
-
-_DUPLICATE_KEY: Final = 11000
 
 
 class ReadModelLost(RuntimeError):
     """`meta` is missing or behind what the writer applied: the read model was dropped or the
     store lost writes. Reload the position from `meta` and re-apply from there."""
+
+
+class GenerationMoving(ReadModelLost):
+    """This generation is being switched away from (frozen) or was (superseded): refresh the
+    `ReadModel` and reload the position (app/contracts/generations.py)."""
+
+    @classmethod
+    def of(cls, meta: Document) -> GenerationMoving:
+        if SUPERSEDED_BY in meta:
+            return cls(f"this read model generation was superseded by {meta[SUPERSEDED_BY]}")
+        return cls(f"this read model generation is frozen until {meta.get(FROZEN_UNTIL)}")
 
 
 class InvalidEventData(ValueError):
@@ -51,11 +62,20 @@ async def apply_events(
         through = events[-1].position
     await write_documents(db, events)
     advance = {"$max": {"position": through}}
+    now = datetime.now(UTC)
     if not expected:
-        await db[META].update_one({"_id": META_ID}, advance, upsert=True)
+        try:
+            await db[META].update_one({"_id": META_ID, **writable(now)}, advance, upsert=True)
+        except DuplicateKeyError:  # it exists, and does not match: frozen or superseded
+            raise GenerationMoving.of(await meta_of(db)) from None
         return
-    moved = await db[META].update_one({"_id": META_ID, "position": {"$gte": expected}}, advance)
+    moved = await db[META].update_one(
+        {"_id": META_ID, "position": {"$gte": expected}, **writable(now)}, advance
+    )
     if moved.matched_count == 0:
+        meta = await meta_of(db)
+        if SUPERSEDED_BY in meta or (FROZEN_UNTIL in meta and meta.get("position", 0) >= expected):
+            raise GenerationMoving.of(meta)
         raise ReadModelLost(f"the read model no longer holds position {expected}")
 
 
@@ -75,12 +95,14 @@ async def write_documents(db: AsyncDatabase[Document], events: Sequence[Decoded]
 
 
 async def _write_collection(collection: AsyncCollection[Document], writes: list[Write]) -> None:
-    """One write per document (see app.projector.coalescing); if any document was already past
-    the batch's start, fall back to one fenced write per event, which is always right."""
+    """One write per document (see app.projector.coalescing), each an update pipeline found by
+    `_id` alone (app.projector.pipelines); if any document was already past the batch's start
+    (its merged fence did not hold, so it changed nothing), fall back to one fenced write per
+    event, which is always right."""
     merged = coalesce(writes)
     try:
         result = await collection.bulk_write([fast_operation(w) for w in merged], ordered=True)
-        done = result.inserted_count + result.matched_count + result.upserted_count
+        done = result.inserted_count + result.modified_count + result.upserted_count
         if done == len(merged):
             return
     except BulkWriteError as exc:
@@ -95,39 +117,13 @@ def fast_operation(write: Write) -> InsertOne[Document] | UpdateOne:
     redelivery) sends the batch down the fenced path."""
     if write.upsert and write.filter.get("version") == {"$lt": 1} and set(write.update) == {"$set"}:
         return InsertOne({"_id": write.filter["_id"], **write.update["$set"]})
-    return write.operation()
+    return pipelines.operation(write)
 
 
 async def write_ordered(collection: AsyncCollection[Document], writes: Sequence[Write]) -> None:
-    """One ordered bulk write; an upsert that hits an existing document is already applied,
-    so the rest of the batch continues after it."""
-    start = 0
-    while start < len(writes):
-        try:
-            await collection.bulk_write([w.operation() for w in writes[start:]], ordered=True)
-            return
-        except BulkWriteError as exc:
-            failed = start + _failed_index(exc)
-            if not await _already_applied(collection, writes[failed], exc):
-                raise
-            start = failed + 1
-
-
-def _failed_index(exc: BulkWriteError) -> int:
-    errors = exc.details.get("writeErrors") or []
-    if not errors:
-        raise exc
-    return int(errors[0]["index"])
-
-
-async def _already_applied(
-    collection: AsyncCollection[Document], write: Write, exc: BulkWriteError
-) -> bool:
-    """A fenced upsert fails with a duplicate key exactly when its document exists with a
-    newer fence; any other duplicate (e.g. a second document with the same sku) is real."""
-    if not write.upsert or exc.details["writeErrors"][0].get("code") != _DUPLICATE_KEY:
-        return False
-    return await collection.find_one({"_id": write.filter["_id"]}, {"_id": 1}) is not None
+    """One fenced update per event, in order: a write already applied changes nothing. Raises
+    BulkWriteError for a real refusal (say, a second product with the same sku)."""
+    await collection.bulk_write([pipelines.operation(w) for w in writes], ordered=True)
 
 
 async def drop(db: AsyncDatabase[Document]) -> None:

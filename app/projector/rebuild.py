@@ -14,7 +14,11 @@ from position 0, which its fenced writes make exact.
 from __future__ import annotations
 
 import asyncio
+import bisect
+import heapq
 import logging
+from array import array
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -40,11 +44,18 @@ from app.projector.readmodel import InvalidEventData, drop
 log = logging.getLogger(__name__)
 
 Key = tuple[CollectionName, Any]  # (collection, _id)
+_MERGE_AT = 65_536  # written keys kept in a set before they join the sorted array
 
 
-async def rebuild(pool: asyncpg.Pool, db: AsyncDatabase[Document], batch_size: int = 20_000) -> int:
-    """Drop the read model and project the whole log from position 0 into it. Returns the
-    applied position. Run it with the projector stopped. Held streams stay held: their parked
+async def rebuild(
+    pool: asyncpg.Pool,
+    db: AsyncDatabase[Document],
+    batch_size: int = 20_000,
+    progress: Callable[[int], None] | None = None,
+) -> int:
+    """Drop the read model in `db` and project the whole log from position 0 into it, telling
+    `progress` each position folded. Returns the applied position. No projector may write `db`
+    meanwhile (the online rebuild fills a new generation). Held streams stay held: their parked
     events and every later one of theirs are parked, not applied; a log event whose data does
     not decode is parked and holds its stream, as the projector does."""
     await drop(db)
@@ -66,7 +77,9 @@ async def rebuild(pool: asyncpg.Pool, db: AsyncDatabase[Document], batch_size: i
             touched = await store.fold(writes, held)
             settled = {key: held.pop(key) for key in list(held) if key not in touched}
             await store.write_soon(settled)
-            log.info("read model folded up to position %d", position)
+            log.debug("read model folded up to position %d", position)
+            if progress is not None:
+                progress(position)
         await store.write_soon(held)
         await store.flush()
     finally:
@@ -98,13 +111,37 @@ async def _writes_of(
     return writes
 
 
+class _Written:
+    """The keys of the documents written so far, in about 8 bytes each, so the memory of a
+    rebuild does not grow with the read model: 64-bit hashes, the older ones in a sorted array,
+    the latest in a set merged into it as it grows. A collision can only make a new document
+    look written; it is then looked for (not found) and upserted, which is still right."""
+
+    def __init__(self) -> None:
+        self._sorted = array("q")
+        self._recent: set[int] = set()
+
+    def __contains__(self, key: Key) -> bool:
+        digest = hash(key)
+        if digest in self._recent:
+            return True
+        at = bisect.bisect_left(self._sorted, digest)
+        return at < len(self._sorted) and self._sorted[at] == digest
+
+    def add(self, key: Key) -> None:
+        self._recent.add(hash(key))
+        if len(self._recent) >= max(_MERGE_AT, len(self._sorted) // 4):  # amortised O(1)
+            self._sorted = array("q", heapq.merge(self._sorted, sorted(self._recent)))
+            self._recent = set()
+
+
 class _Store:
     """The rebuilt documents on their way to MongoDB: one write in flight at a time, and the
     current state of any document a later chunk touches again."""
 
     def __init__(self, db: AsyncDatabase[Document]) -> None:
         self._db = db
-        self._stored: set[Key] = set()  # written, or being written
+        self._stored = _Written()  # written, or being written
         self._writing: dict[Key, Document | None] = {}  # the write in flight
         self._task: asyncio.Task[None] | None = None
 
@@ -137,7 +174,7 @@ class _Store:
             if document is None:  # a write to a document that never came to exist
                 continue
             operation = (
-                ReplaceOne({"_id": key[1]}, document)
+                ReplaceOne({"_id": key[1]}, document, upsert=True)
                 if key in self._stored
                 else InsertOne(document)
             )

@@ -20,11 +20,19 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from app.contracts.generations import ReadModel
 from app.contracts.readmodel import Db
 from app.plumbing import access
 from app.plumbing.access import admin_only, signed_in
 from app.plumbing.problems import Problem, ServiceUnavailable
 from app.queries import documents, reads
+from app.queries.cache import (
+    CacheKey,
+    ReadCache,
+    product_key,
+    products_page_key,
+    top_products_key,
+)
 from app.queries.cursors import C, OrderCursor, ProductCursor, decode_cursor, encode_cursor
 from app.queries.params import NotFound, QueryArgs, customer_id, uuid_id
 from app.queries.waiting import Waiter, wait_until_applied
@@ -36,12 +44,19 @@ READ_POSITION: Final = "X-Read-Position"
 
 @dataclass(frozen=True, slots=True)
 class QueryContext:
-    """What the query endpoints need, built by the composition root."""
+    """What the query endpoints need, built by the composition root. `db` is the database of
+    the read model generation in use at the time it is asked (app/contracts/generations.py):
+    ask for it per read, never keep it."""
 
-    db: Db
+    model: ReadModel
     waiter: Waiter
     read_wait_max_s: float
     read_timeout_s: float = 5.0  # bounds each Mongo read, so a hung server answers 503 in time
+    cache: ReadCache | None = None  # the read cache (REDIS_URL; app/queries/cache.py)
+
+    @property
+    def db(self) -> Db:
+        return self.model.db
 
 
 class Reading:
@@ -52,6 +67,7 @@ class Reading:
         self.context = context
         self.args = args
         self.position: int | None = None
+        self.database: str | None = None  # the read model's database read, once it is
 
     @contextlib.asynccontextmanager
     async def applied(self) -> AsyncIterator[Db]:
@@ -62,8 +78,26 @@ class Reading:
         self.position = await wait_until_applied(
             context.waiter, self.args.after(), context.read_wait_max_s
         )
+        db = context.db
+        self.database = db.name
         with pymongo.timeout(context.read_timeout_s):
-            yield context.db
+            yield db
+
+    async def cached(self, key: CacheKey, answer: Callable[[], Awaitable[Response]]) -> Response:
+        """`answer()` through the read cache when there is one: a kept body that reflects
+        `after` and every change since, at the position it was read at; else `answer()`, whose
+        200 body is kept with the position it reflects."""
+        cache = self.context.cache
+        if cache is None:
+            return await answer()
+        entry = await cache.get(self.context.db.name, key, self.args.after())
+        if entry is not None:
+            self.position = entry.position  # its X-Read-Position: never later than its content
+            return Response(entry.body, media_type="application/json")
+        response = await answer()
+        if response.status_code == 200 and self.position is not None and self.database:
+            await cache.put(self.database, key, self.position, bytes(response.body))
+        return response
 
 
 Endpoint = Callable[[Request, Reading], Awaitable[Response]]
@@ -130,18 +164,26 @@ def _page(items: list[Any], cursor: OrderCursor | ProductCursor | None) -> Respo
 async def get_products(request: Request, read: Reading) -> Response:
     after = _cursor(read.args, ProductCursor)
     limit = read.args.limit(default=20)
-    async with read.applied() as db:
-        found, cursor = await reads.products(db, after, limit)
-    return _page([documents.product(d) for d in found], cursor)
+
+    async def answer() -> Response:
+        async with read.applied() as db:
+            found, cursor = await reads.products(db, after, limit)
+        return _page([documents.product(d) for d in found], cursor)
+
+    return await (answer() if after is not None else read.cached(products_page_key(limit), answer))
 
 
 async def get_product(request: Request, read: Reading) -> Response:
     product_id = uuid_id(request.path_params["product_id"], "product")
-    async with read.applied() as db:
-        found = await reads.find_product(db, product_id)
-    if found is None:
-        raise NotFound(f"no product {product_id}", product_id=product_id)
-    return _json(documents.product(found))
+
+    async def answer() -> Response:
+        async with read.applied() as db:
+            found = await reads.find_product(db, product_id)
+        if found is None:
+            raise NotFound(f"no product {product_id}", product_id=product_id)
+        return _json(documents.product(found))
+
+    return await read.cached(product_key(product_id), answer)
 
 
 async def get_order(request: Request, read: Reading) -> Response:
@@ -188,9 +230,13 @@ async def get_customer_orders(request: Request, read: Reading) -> Response:
 
 async def get_top_products(request: Request, read: Reading) -> Response:
     limit = read.args.limit(default=10)
-    async with read.applied() as db:
-        found = await reads.top_products(db, limit)
-    return _page([documents.product(d) for d in found], None)
+
+    async def answer() -> Response:
+        async with read.applied() as db:
+            found = await reads.top_products(db, limit)
+        return _page([documents.product(d) for d in found], None)
+
+    return await read.cached(top_products_key(limit), answer)
 
 
 def routes() -> list[Route]:

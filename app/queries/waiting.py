@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import math
-from typing import Any, Protocol
+from typing import Protocol
 
 import pymongo
-from pymongo.asynchronous.database import AsyncDatabase
 
-from app.contracts.readmodel import applied_position
+from app.contracts.generations import ReadModel
 from app.plumbing.problems import ServiceUnavailable
 
 
@@ -30,15 +29,16 @@ class Waiter(Protocol):
 
 
 class MongoPositionWaiter:
-    """A waiter that polls the `meta` document, for replicas whose projector runs elsewhere.
+    """A waiter that polls the `meta` document of the generation in use (following a switch
+    at once: app/contracts/generations.py), for replicas whose projector runs elsewhere.
 
     However many requests wait, it reads `meta` at most once per poll interval, so the load on
     Mongo stays bounded. `current` is the last value read: a lower bound of the applied position.
     Mongo errors propagate (the caller answers 503).
     """
 
-    def __init__(self, db: AsyncDatabase[dict[str, Any]], poll_interval: float) -> None:
-        self._db = db
+    def __init__(self, model: ReadModel, poll_interval: float) -> None:
+        self._model = model
         self._poll_interval = poll_interval
         self._current = 0
         self._read_at = -math.inf
@@ -67,7 +67,7 @@ class MongoPositionWaiter:
                 return
             # a hung Mongo must not hold the request past its wait bound
             with pymongo.timeout(max(deadline - loop.time(), self._poll_interval)):
-                position = await applied_position(self._db)
+                position = await self._model.position()
             self._read_at = loop.time()
         self._current = max(self._current, position)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -13,7 +14,9 @@ import asyncpg
 import httpx
 import pytest
 
+from app.contracts.generations import read_pointer
 from app.operations import parked as parked_command
+from app.operations import rebuild as rebuild_command
 from app.operations.verify import verify
 from app.plumbing.resources import open_resources
 from app.plumbing.settings import Settings
@@ -269,6 +272,40 @@ async def test_a_log_event_that_does_not_decode_is_parked_and_a_restart_keeps_it
             await rebuilt.mongo.drop_database(rebuilt.db.name)
     assert len(await _parked(stack, capsys)) == 2
     assert await _audit(stack) == ["parked", "parked"]  # the rebuild parked nothing twice
+
+
+async def test_an_online_rebuild_keeps_a_held_stream_held_and_refuses_releases_meanwhile(
+    stack: Settings, start: Start, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _, http = await start()
+    product = await _product(http)
+    order = await _order(http, "fay", product)
+    await _log_by_hand(stack, "order", order["order_id"], "OrderPaid", '{"bogus": 1}')
+    await eventually(lambda: _count_parked(stack, 1), what="the undecodable event parked")
+    stream = f"order:{order['order_id']}"
+    # an unfinished rebuild (stopped at its comparison) refuses releases
+    async with open_resources(stack) as resources:
+        await resources.db["generations"].insert_one(
+            {"_id": "rebuild", "generation": 1, "database": "x", "phase": "compare"}
+        )
+        assert await _act(stack, action="retry", stream=stream, all=False) == 2
+        assert "a rebuild of the read model is unfinished" in capsys.readouterr().err
+        await resources.db["generations"].delete_one({"_id": "rebuild"})
+    args = rebuild_command.parse([])
+    assert await asyncio.to_thread(rebuild_command.main, stack, args) == 0
+    async with open_resources(stack) as resources:
+        pointer = await read_pointer(resources.db)
+        assert pointer.generation == 1
+        new = resources.mongo[pointer.database]
+        document = await new["orders"].find_one({"_id": order["order_id"]})
+        assert document is not None
+        assert document["status"] == "placed"  # still held in the new generation
+    await _post(http, f"/orders/{order['order_id']}/cancel")  # parked behind, in the new one
+    await eventually(lambda: _count_parked(stack, 2), what="the cancel parked behind")
+    assert await _audit(stack) == ["parked", "parked"]
+    report = await verify(stack, wait_s=10)
+    assert report.differences == []
+    assert [held.stream for held in report.held] == [stream]
 
 
 async def test_the_hold_survives_a_fail_over_to_another_replica(

@@ -22,6 +22,7 @@ from pymongo import AsyncMongoClient
 
 from app.contracts.eventlog import LoggedEvent
 from app.contracts.events import Envelope, routing_key
+from app.contracts.generations import ReadModel
 from app.contracts.topology import declare_topology, delete_topology
 from app.main import projector_for
 from app.operations.verify import verify
@@ -82,7 +83,11 @@ class Projectors:
             socketTimeoutMS=10_000,
         )
         projector = projector_for(
-            settings or self.env, self.pool, client[self.env.mongo_db], AppliedPosition(), **kwargs
+            settings or self.env,
+            self.pool,
+            ReadModel(client[self.env.mongo_db]),
+            AppliedPosition(),
+            **kwargs,
         )
         self.running[id(projector)] = (asyncio.create_task(projector.run()), client)
         return projector

@@ -17,6 +17,7 @@ from pymongo import AsyncMongoClient
 from pymongo.asynchronous.database import AsyncDatabase
 from starlette.applications import Starlette
 
+from app.contracts.generations import ReadModel
 from app.contracts.readmodel import META, META_ID, ensure_indexes
 from app.plumbing import problems
 from app.plumbing.settings import Settings
@@ -57,8 +58,8 @@ async def serve(db: Db) -> AsyncIterator[Serve]:
 
     async def start(**overrides: Any) -> httpx.AsyncClient:
         fields: dict[str, Any] = {
-            "db": db,
-            "waiter": MongoPositionWaiter(db, poll_interval=0.02),
+            "model": ReadModel.fixed(db),
+            "waiter": MongoPositionWaiter(ReadModel.fixed(db), poll_interval=0.02),
             "read_wait_max_s": 2.0,
             **overrides,
         }
@@ -423,9 +424,10 @@ async def unreachable_db() -> AsyncIterator[Db]:
 async def test_an_unreachable_mongo_is_503_with_retry_after(
     unreachable_db: Db, db: Db, serve: Serve
 ) -> None:
-    for waiter in (MongoPositionWaiter(unreachable_db, 0.02), _Applied(5)):
+    unreachable = ReadModel.fixed(unreachable_db)
+    for waiter in (MongoPositionWaiter(unreachable, 0.02), _Applied(5)):
         http = await serve(
-            db=unreachable_db, waiter=waiter, read_wait_max_s=0.5, read_timeout_s=0.5
+            model=unreachable, waiter=waiter, read_wait_max_s=0.5, read_timeout_s=0.5
         )
         for path in (f"/orders/{uuid.uuid4()}", "/products", "/customers/c1/orders"):
             response = await http.get(path)

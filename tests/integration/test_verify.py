@@ -24,6 +24,7 @@ from tests.support.histories import make_history
 from tests.support.stacks import fresh_stack
 
 Document = dict[str, Any]
+OFFLINE = rebuild_command.parse(["--offline"])
 
 
 @pytest.fixture
@@ -96,7 +97,7 @@ async def test_the_rebuild_command_refills_the_read_model(
     client: AsyncMongoClient[Document] = AsyncMongoClient(env.mongo_url, tz_aware=True)
     try:
         await client[env.mongo_db].orders.insert_one({"_id": "stray", "status": "bogus"})
-        assert await asyncio.to_thread(rebuild_command.run, env) == 0
+        assert await asyncio.to_thread(rebuild_command.main, env, OFFLINE) == 0
         assert await client[env.mongo_db].orders.find_one({"_id": "stray"}) is None
         report = await verify(env, wait_s=1)
         assert report.ok, report.differences
@@ -116,7 +117,7 @@ async def test_the_rebuild_command_refuses_while_a_projector_consumes(env: Setti
 
         await channel.basic_consume(env.projector_queue, ignore)
         await client[env.mongo_db].orders.insert_one({"_id": "kept"})
-        assert await asyncio.to_thread(rebuild_command.run, env) == 2
+        assert await asyncio.to_thread(rebuild_command.main, env, OFFLINE) == 2
         assert await client[env.mongo_db].orders.find_one({"_id": "kept"}) is not None
     finally:
         await connection.close()

@@ -52,6 +52,9 @@ async def _delete_topology(settings: Settings) -> None:
 async def _drop_mongo_database(settings: Settings) -> None:
     client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(settings.mongo_url)
     try:
-        await client.drop_database(settings.mongo_db)
+        generations = f"{settings.mongo_db}_g"  # a rebuild's (app/contracts/generations.py)
+        for name in await client.list_database_names():
+            if name == settings.mongo_db or name.startswith(generations):
+                await client.drop_database(name)
     finally:
         await client.close()

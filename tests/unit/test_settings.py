@@ -39,6 +39,9 @@ def test_values_are_parsed_by_type() -> None:
         ("RELAY_CONFIRM_WINDOW", "0"),
         ("READ_WAIT_MAX_S", "-1"),
         ("DB_POOL_MIN", "50"),
+        ("STREAM_MAX_OPEN", "0"),
+        ("STREAM_HEARTBEAT_S", "0"),
+        ("DASHBOARD_INTERVAL_S", "-1"),
     ],
 )
 def test_bad_values_name_the_variable(name: str, value: str) -> None:
@@ -47,7 +50,7 @@ def test_bad_values_name_the_variable(name: str, value: str) -> None:
 
 
 # settings that take one of a few words: another valid word
-_CHOICES = {"log_format": "json"}
+_CHOICES = {"log_format": "json", "redis_url": "redis://127.0.0.1:6379/1"}
 
 
 def _other_value(default: object) -> tuple[str, object]:
