@@ -22,6 +22,7 @@ from app.contracts.generations import ReadModel
 from app.contracts.readmodel import Db
 from app.contracts.topology import Topology
 from app.operations import asyncapi, dashboard, health, metrics, openapi
+from app.operations import rebuild as rebuild_command
 from app.plumbing import access, problems, sse, tracing
 from app.plumbing.failures import POSTGRES_FAILURES
 from app.plumbing.resources import (
@@ -57,14 +58,20 @@ async def _purge_idempotency_keys(pool: asyncpg.Pool, ttl_s: int) -> None:
         await asyncio.sleep(min(ttl_s, 3600) / 4)
 
 
-async def _retire_generations(base: Db, interval_s: float = 300.0) -> None:
+async def _retire_generations(settings: Settings, base: Db, interval_s: float = 300.0) -> None:
     """Drop the read model generation a rebuild switched away from once its grace period
-    (READ_MODEL_KEEP_PREVIOUS_S) is over; every replica looks, the pointer lets one win."""
+    (READ_MODEL_KEEP_PREVIOUS_S) is over; every replica looks, under the rebuild lock, so never
+    while a rebuild or a rollback runs (the pointer lets one replica win)."""
     while True:
         await asyncio.sleep(interval_s)
         try:
-            await generations.retire_expired(base)
-        except PyMongoError as exc:
+            lock = await rebuild_command.generations_lock(settings)
+            try:
+                if await lock.take() is None:
+                    await generations.retire_expired(base)
+            finally:
+                await lock.release()
+        except (PyMongoError, *POSTGRES_FAILURES) as exc:
             log.warning("retiring an old read model generation failed, will retry: %r", exc)
 
 
@@ -198,8 +205,12 @@ def create_app(settings: Settings) -> Starlette:
             commit_signal = asyncio.Event()
             tasks = Tasks()
             model = ReadModel(resources.db)
+            try:
+                await model.refresh()  # serve the generation in use from the first read
+            except PyMongoError as exc:
+                log.warning("cannot read the read model's generation pointer yet: %r", exc)
             tasks.start("read-model-generation", model.watch())
-            tasks.start("retire-generations", _retire_generations(resources.db))
+            tasks.start("retire-generations", _retire_generations(settings, resources.db))
             invalidate = None if read_cache is None else read_cache.invalidate
             relay, projector, waiter = _start_pipeline(
                 resources, model, projector_pool, commit_signal, tasks, invalidate

@@ -233,13 +233,15 @@ class SteadyRun:
 async def steady_rate(
     port: int, app: Process, store: LocalStore | None, settings: Settings, orders: Orders,
     rate: float, duration_s: float, tail_s: float,
+    watch_port: int | None = None, others: dict[str, int] | None = None,
 ) -> SteadyRun:  # fmt: skip
     """Open-loop orders at `rate`: the lag from each 201 until the read model has applied its
     position (and until the broker delivered it), the app's RSS sampled every 0.5 s, and the
     CPU the app and the read store (when started here) used while the orders came. An order
     still invisible `tail_s` after the run counts with the lag it had by then (a lower bound)
-    and in `never_visible`."""
-    watch = PositionWatch(port, f"/products/{orders.product_ids[0]}")
+    and in `never_visible`. `watch_port` reads the position from another replica (the one whose
+    projector is active), `others` names further processes whose CPU to report."""
+    watch = PositionWatch(watch_port or port, f"/products/{orders.product_ids[0]}")
     delivered = BrokerWatch(settings)
     placed = PlacedOrders()
     rss: list[tuple[float, float]] = []
@@ -250,7 +252,7 @@ async def steady_rate(
             rss.append((time.perf_counter() - started, memory_kib(app.pid)["VmRSS"] / 1024))
             await asyncio.sleep(0.5)
 
-    pids = {"app": app.pid} | ({"read store": store.pid} if store else {})
+    pids = {"app": app.pid} | ({"read store": store.pid} if store else {}) | (others or {})
     watching = asyncio.create_task(watch.run())
     sampling = asyncio.create_task(sample_memory())
     try:

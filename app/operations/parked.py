@@ -26,7 +26,7 @@ import msgspec
 from pymongo.errors import PyMongoError
 
 from app.contracts.eventlog import fetch_positions
-from app.contracts.generations import GENERATIONS, REBUILD_ID, ReadModel
+from app.contracts.generations import GENERATIONS, REBUILD_ID, ReadModel, read_pointer
 from app.contracts.readmodel import Db
 from app.plumbing.failures import POSTGRES_FAILURES
 from app.plumbing.resources import Resources, open_resources
@@ -66,7 +66,9 @@ async def _run(settings: Settings, args: argparse.Namespace) -> int:
         if args.action == "list":
             return await _list(resources, as_json=args.json)
         model = ReadModel(resources.db)
-        await model.refresh()  # a release writes the generation in use
+        await model.refresh()  # a release writes the generation in use, and the one kept
+        previous = (await read_pointer(resources.db)).previous  # for a rollback, if any
+        dbs = [model.db, *([resources.mongo[previous.database]] if previous else [])]
         if await resources.db[GENERATIONS].find_one({"_id": REBUILD_ID}) is not None:
             print(
                 "a rebuild of the read model is unfinished (python -m app rebuild): let it "
@@ -75,14 +77,14 @@ async def _run(settings: Settings, args: argparse.Namespace) -> int:
             )
             return 2
         if args.action == "skip":
-            return await _skip(resources, model.db, args.position, args.reason)
+            return await _skip(resources, dbs, args.position, args.reason)
         if args.all:
             async with resources.pool.acquire() as conn:
                 streams = sorted(await holds.held_streams(conn))
         else:
             stream_type, _, stream_id = args.stream.partition(":")
             streams = [(stream_type, stream_id)]
-        outcomes = [await release(resources, model.db, stream) for stream in streams]
+        outcomes = [await release(resources, dbs, stream) for stream in streams]
         for outcome in outcomes:
             print(outcome.summary())
         if not outcomes or any(o.held is None for o in outcomes):
@@ -110,7 +112,7 @@ async def _list(resources: Resources, *, as_json: bool) -> int:
     return 0
 
 
-async def _skip(resources: Resources, db: Db, position: int, reason: str) -> int:
+async def _skip(resources: Resources, dbs: list[Db], position: int, reason: str) -> int:
     async with resources.pool.acquire() as conn:
         row = await conn.fetchrow(
             "SELECT stream_type, stream_id FROM parked_events WHERE position = $1", position
@@ -119,7 +121,7 @@ async def _skip(resources: Resources, db: Db, position: int, reason: str) -> int
         print(f"position {position} is not parked", file=sys.stderr)
         return 2
     stream = (row["stream_type"], row["stream_id"])
-    outcome = await release(resources, db, stream, (position, reason))
+    outcome = await release(resources, dbs, stream, (position, reason))
     print(outcome.summary())
     return 1 if outcome.held else 0
 
@@ -141,9 +143,13 @@ class Release:
 
 
 async def release(
-    resources: Resources, db: Db, stream: holds.Stream, skip: tuple[int, str] | None = None
+    resources: Resources,
+    dbs: list[Db],
+    stream: holds.Stream,
+    skip: tuple[int, str] | None = None,
 ) -> Release:
-    """Apply the parked events of `stream` to `db` (the read model generation in use) in order
+    """Apply the parked events of `stream` to `dbs` (the read model generation in use, and the
+    one kept for a rollback, whose fences make it exact too) in order
     (after skipping `skip`'s position, with its
     reason), under the hold's lock; the hold goes once none is left. An event that fails again
     stays parked, with every later one. Raises on a transient failure (run it again)."""
@@ -164,7 +170,8 @@ async def release(
         for event in await fetch_positions(conn, positions):
             decoded = decode_logged(event, event.position - 1)
             try:
-                await readmodel.write_documents(db, [decoded])
+                for db in dbs:
+                    await readmodel.write_documents(db, [decoded])
             except Exception as exc:
                 if is_transient(exc):
                     raise

@@ -48,9 +48,11 @@ import asyncpg
 import msgspec
 from pymongo.errors import PyMongoError
 
+from app.contracts.eventlog import settled_position
 from app.contracts.generations import (
     GENERATIONS,
     REBUILD_ID,
+    Pointer,
     ReadModel,
     database_name,
     read_pointer,
@@ -62,6 +64,7 @@ from app.plumbing.failures import POSTGRES_FAILURES
 from app.plumbing.resources import BrokerConnect, Resources, connect_broker, open_resources
 from app.plumbing.settings import Settings
 from app.projector import generations
+from app.projector.readmodel import ProjectionFailed
 from app.projector.rebuild import rebuild
 
 REFUSED: Final = 2
@@ -137,8 +140,16 @@ def main(settings: Settings, args: argparse.Namespace) -> int:
         summary = Summary(
             action="rebuild",
             exit_code=1,
-            message=f"rebuild stopped: {exc!r}; the current generation still serves. Run it "
+            message=f"rebuild stopped: {exc!r}; the generation in use still serves. Run it "
             "again to resume, or `rebuild --abort` to drop what it built",
+        )
+    except ProjectionFailed as exc:
+        summary = Summary(
+            action="rebuild",
+            exit_code=1,
+            message=f"rebuild stopped: {exc}. The new projection code cannot apply this event "
+            "(nothing was held; the generation in use still serves): fix the code and run "
+            "`rebuild` again to resume, or `rebuild --abort`",
         )
     except generations.SwitchFailed as exc:
         summary = Summary(
@@ -241,13 +252,26 @@ async def _rebuild(resources: Resources, model: ReadModel, expected: list[str]) 
     )
     target: Db = base.client[state["database"]]
     current = model.db
+    if state["phase"] == "switch":  # stopped halfway through the switch: finish it
+        finished = await generations.resume_switch(
+            model, target, state["generation"], keep_previous_s=settings.read_model_keep_previous_s
+        )
+        if finished is not None:
+            await base[GENERATIONS].delete_one({"_id": REBUILD_ID})
+            return _switched(summary, *finished)
 
     async def phase(name: str) -> None:
         await base[GENERATIONS].update_one({"_id": REBUILD_ID}, {"$set": {"phase": name}})
 
     if state["phase"] == "build":
-        progress = Progress("build", await _log_head(resources))
-        await rebuild(resources.pool, target, progress=progress)
+        # up to a position below which every event has committed or never will (the relay's
+        # checkpoint, or what the live projector applied), so that none can commit later
+        # behind the new generation's position; what follows is catch-up's
+        async with resources.pool.acquire() as conn:
+            checkpoint = await settled_position(conn, settings.relay_name)
+        settled = max(checkpoint, await applied_position(current))
+        progress = Progress("build", settled)
+        await rebuild(resources.pool, target, progress=progress, through=settled)
         summary.phases.append(progress.finish())
         await phase("catch-up")
     start = await applied_position(target)
@@ -299,8 +323,13 @@ async def _rebuild(resources: Resources, model: ReadModel, expected: list[str]) 
     )
     summary.phases.append(progress.finish())
     await base[GENERATIONS].delete_one({"_id": REBUILD_ID})
+    return _switched(summary, pointer, at)
+
+
+def _switched(summary: Summary, pointer: Pointer, at: int) -> Summary:
     summary.position = at
     kept = pointer.previous.retire_after if pointer.previous else datetime.now(UTC)
+    summary.previous = pointer.previous.database if pointer.previous else summary.previous
     summary.message = (
         f"switched the read model to generation {pointer.generation} ({pointer.database}) at "
         f"log position {at}; the previous one ({summary.previous}) is kept until "

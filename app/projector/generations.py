@@ -10,15 +10,21 @@ The switch, while replicas serve and the live projector writes the current gener
    position update refuses a frozen generation (app/projector/readmodel.py), so the current
    position X stops moving; the projector retries with backoff meanwhile;
 3. catch the target up to exactly X;
-4. move the pointer to the target (one conditional update of one document): from here every
-   reader and writer that refreshes uses it. Its position is X, so no reader's position goes
-   back;
-5. mark the old generation `superseded_by` the target: a projector still writing it fails its
-   next position update and follows the pointer; a reader that polls its `meta` follows too.
+4. seal the current generation: `superseded_by` the target, only if its `meta` still holds X
+   under this freeze (the store decides, not this host's clock: a lease that lapsed while a
+   projector moved the position makes the switch fail and start again);
+5. move the pointer to the target (one conditional update of one document): from here every
+   reader and writer that refreshes uses it, a projector still writing the old generation
+   fails its next position update and follows, and a reader polling the old `meta` follows
+   too. The target's position is X, so no reader's position goes back.
 
-Whatever fails (or a Ctrl-C) before step 4 lifts the freeze, and the current generation goes on
-serving; a process killed meanwhile leaves a lease that lapses by itself. Rolling back is the
-same switch with the previous generation as the target.
+A failure (or a Ctrl-C) before step 4 lifts the freeze, and the current generation goes on
+serving; a process killed meanwhile leaves a lease that lapses by itself. A failure between 4
+and 5 unseals it. A process killed between them leaves the current generation sealed (reads
+go on; its projector waits): `rebuild` again finishes the switch (`resume_switch`). Rolling
+back is the same switch with the previous generation as the target. Documents a projector
+writes during the freeze are ahead of X in the old generation only; readers there never see a
+position beyond X.
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ from app.contracts.generations import (
     Pointer,
     ReadModel,
     Retired,
+    meta_of,
     read_pointer,
     write_pointer,
 )
@@ -68,10 +75,17 @@ async def catch_up(
     poison_attempts: int = 3,
     progress: Progress | None = None,
 ) -> int:
-    """Apply the log after `target`'s position up to `through` to `target`, parking what the
-    projector would park; returns the position reached (at least `through`)."""
+    """Apply the log after `target`'s position up to `through` to `target`, parking the events
+    of held streams as the projector does; returns the position reached (at least `through`).
+    Raises ProjectionFailed when an event fails for good: it holds nothing, so the live
+    projector is not affected by a bug of the code being tried."""
     guard = GuardedStore(
-        ReadModel.fixed(target), pool, ProjectorCounters(), poison_attempts, (0.05, 2.0)
+        ReadModel.fixed(target),
+        pool,
+        ProjectorCounters(),
+        poison_attempts,
+        (0.05, 2.0),
+        holds_streams=False,
     )
     position = await applied_position(target)
     if through <= position:
@@ -126,35 +140,80 @@ async def switch(
     at = int(frozen.get("position", 0))
     try:
         await catch_up(pool, target, at, poison_attempts=poison_attempts, progress=progress)
-        now = datetime.now(UTC)
-        if now >= until:
-            raise SwitchFailed("the freeze lapsed before the new generation caught up; try again")
-        moved = Pointer(
-            serial=pointer.serial + 1,
-            generation=generation,
-            database=target.name,
-            previous=Retired(
-                generation=pointer.generation,
-                database=pointer.database,
-                retire_after=now + timedelta(seconds=keep_previous_s),
-            ),
-            switched_at=now,
+        # the freeze becomes final only while it still holds (nobody moved the position past
+        # `at` after a lapsed lease): judged by the store, not by this host's clock
+        sealed = await current[META].update_one(
+            {"_id": META_ID, "position": at, FROZEN_UNTIL: until},
+            {"$set": {SUPERSEDED_BY: target.name}, "$unset": {FROZEN_UNTIL: ""}},
         )
-        if not await write_pointer(base, pointer, moved):
-            raise SwitchFailed("another switch moved the pointer meanwhile")
+        if sealed.matched_count == 0:
+            raise SwitchFailed("the freeze lapsed before the new generation caught up; try again")
     except BaseException:
         await current[META].update_one(
             {"_id": META_ID, FROZEN_UNTIL: until}, {"$unset": {FROZEN_UNTIL: ""}}
         )
         raise
-    await current[META].update_one(
-        {"_id": META_ID}, {"$set": {SUPERSEDED_BY: target.name}, "$unset": {FROZEN_UNTIL: ""}}
-    )
-    await model.refresh()
-    if pointer.previous is not None and pointer.previous.database != target.name:
-        await drop_generation(base, pointer.previous.database)  # no longer reachable
-    log.info("read model switched from %s to %s at position %d", current.name, target.name, at)
+    try:
+        moved = await _move_pointer(base, pointer, target, generation, keep_previous_s)
+    except BaseException:
+        # not moved: the current generation goes on from `at`, which it still holds
+        await current[META].update_one(
+            {"_id": META_ID, SUPERSEDED_BY: target.name}, {"$unset": {SUPERSEDED_BY: ""}}
+        )
+        raise
+    await _switched(model, pointer, moved, at)
     return moved, at
+
+
+async def resume_switch(
+    model: ReadModel, target: Db, generation: int, *, keep_previous_s: float
+) -> tuple[Pointer, int] | None:
+    """Finish a switch to `target` that stopped after its first step that cannot be undone
+    (the current generation sealed, or the pointer moved); None when it did not get there."""
+    base = model.base
+    pointer = await read_pointer(base)
+    if pointer.database == target.name:  # moved: mark the old one, as the switch would have
+        if pointer.previous is not None:
+            await base.client[pointer.previous.database][META].update_one(
+                {"_id": META_ID},
+                {"$set": {SUPERSEDED_BY: target.name}, "$unset": {FROZEN_UNTIL: ""}},
+            )
+        await model.refresh()
+        return pointer, await applied_position(target)
+    meta = await meta_of(base.client[pointer.database])
+    if meta.get(SUPERSEDED_BY) != target.name:
+        return None
+    at = int(meta.get("position", 0))
+    moved = await _move_pointer(base, pointer, target, generation, keep_previous_s)
+    await _switched(model, pointer, moved, at)
+    return moved, at
+
+
+async def _move_pointer(
+    base: Db, pointer: Pointer, target: Db, generation: int, keep_previous_s: float
+) -> Pointer:
+    now = datetime.now(UTC)
+    moved = Pointer(
+        serial=pointer.serial + 1,
+        generation=generation,
+        database=target.name,
+        previous=Retired(
+            generation=pointer.generation,
+            database=pointer.database,
+            retire_after=now + timedelta(seconds=keep_previous_s),
+        ),
+        switched_at=now,
+    )
+    if not await write_pointer(base, pointer, moved):
+        raise SwitchFailed("another switch moved the pointer meanwhile")
+    return moved
+
+
+async def _switched(model: ReadModel, was: Pointer, moved: Pointer, at: int) -> None:
+    await model.refresh()
+    if was.previous is not None and was.previous.database != moved.database:
+        await drop_generation(model.base, was.previous.database)  # no longer reachable
+    log.info("read model switched from %s to %s at position %d", was.database, moved.database, at)
 
 
 async def retire_expired(base: Db, now: datetime | None = None) -> str | None:

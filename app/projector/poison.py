@@ -73,10 +73,15 @@ class GuardedStore:
         counters: ProjectorCounters,
         attempts: int,
         backoff: tuple[float, float],
+        *,
+        holds_streams: bool = True,
     ) -> None:
         self._model, self._pool, self._counters = model, pool, counters
         self._attempts = attempts
         self._backoff = backoff
+        # False for a rebuild's catch-up: a failure of the new code stops the rebuild
+        # (ProjectionFailed) rather than hold the stream for the live projector too
+        self._holds_streams = holds_streams
 
     async def store(self, events: Sequence[Decoded], expected: int | None) -> None:
         """Apply `events` (ascending, after `expected`) and store the last one's position as
@@ -121,6 +126,8 @@ class GuardedStore:
                 error = exc
             if attempt < attempts:
                 await asyncio.sleep(backoff.next_delay())
+        if not self._holds_streams:
+            raise readmodel.ProjectionFailed(event.position, error)
         async with self._pool.acquire() as conn:
             await holds.hold(conn, event, error, attempts, first_failed_at)
         self._counters.parkings += 1

@@ -35,6 +35,15 @@ class GenerationMoving(ReadModelLost):
         return cls(f"this read model generation is frozen until {meta.get(FROZEN_UNTIL)}")
 
 
+class ProjectionFailed(RuntimeError):
+    """A rebuild's projection of one log event failed for good (the new code's bug, or a store
+    that refuses the result): the rebuild stops; a live projector would hold the stream."""
+
+    def __init__(self, position: int, error: BaseException) -> None:
+        super().__init__(f"projecting log event {position} failed: {error!r}")
+        self.position, self.error = position, error
+
+
 class InvalidEventData(ValueError):
     """A log event of a known type whose data does not match its type: it cannot be applied."""
 

@@ -39,7 +39,7 @@ from app.projector import holds
 from app.projector.deliveries import Decoded, decode_logged
 from app.projector.documents import Write, project
 from app.projector.folding import apply_write
-from app.projector.readmodel import InvalidEventData, drop
+from app.projector.readmodel import InvalidEventData, ProjectionFailed, drop
 
 log = logging.getLogger(__name__)
 
@@ -50,14 +50,17 @@ _MERGE_AT = 65_536  # written keys kept in a set before they join the sorted arr
 async def rebuild(
     pool: asyncpg.Pool,
     db: AsyncDatabase[Document],
-    batch_size: int = 20_000,
+    batch_size: int = 10_000,
     progress: Callable[[int], None] | None = None,
+    through: int | None = None,
 ) -> int:
-    """Drop the read model in `db` and project the whole log from position 0 into it, telling
-    `progress` each position folded. Returns the applied position. No projector may write `db`
-    meanwhile (the online rebuild fills a new generation). Held streams stay held: their parked
-    events and every later one of theirs are parked, not applied; a log event whose data does
-    not decode is parked and holds its stream, as the projector does."""
+    """Drop the read model in `db` and project the log from position 0 into it (up to and
+    including `through`, default: all of it), telling `progress` each position folded. Returns
+    the applied position. No projector may write `db` meanwhile (the online rebuild fills a new
+    generation, `through` a position below which every event has committed or never will: the
+    relay's checkpoint). Held streams stay held: their parked events and every later one of
+    theirs are parked, not applied; a log event whose data does not decode is parked and holds
+    its stream, as the projector does. Raises ProjectionFailed when a projection raises."""
     await drop(db)
     await ensure_indexes(db)
     store = _Store(db)
@@ -67,8 +70,12 @@ async def rebuild(
         held_from = await holds.held_from(conn)
     try:
         while True:
+            if through is not None and position >= through:
+                break
             async with pool.acquire() as conn:
                 logged = await fetch_after(conn, position, batch_size)
+            if through is not None:
+                logged = [event for event in logged if event.position <= through]
             if not logged:
                 break
             decoded = [decode_logged(event, position) for event in logged]
@@ -84,6 +91,8 @@ async def rebuild(
         await store.flush()
     finally:
         store.abandon()
+    if through is not None:
+        position = max(position, through)  # what is missing up to it was rolled back
     if position:
         await db[META].update_one({"_id": META_ID}, {"$max": {"position": position}}, upsert=True)
     return position
@@ -106,7 +115,10 @@ async def _writes_of(
                 )
                 held_from[stream] = event.position
             elif event.data is not None:
-                writes += project(event.envelope, event.data)
+                try:
+                    writes += project(event.envelope, event.data)
+                except Exception as exc:
+                    raise ProjectionFailed(event.position, exc) from exc
         await holds.park_behind(conn, behind)
     return writes
 

@@ -9,6 +9,7 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
+import asyncpg
 import httpx
 import pytest
 from pymongo import AsyncMongoClient
@@ -284,3 +285,63 @@ def test_expected_changes_admit_fields_or_whole_collections() -> None:
     assert comparison.unexpected([]) == {"orders.item_count": 3, "products.*": 1}
     assert comparison.unexpected(["orders.item_count"]) == {"products.*": 1}
     assert comparison.unexpected(["orders.item_count", "products"]) == {}
+
+
+async def test_a_rebuild_that_dies_after_the_pointer_moved_is_finished_by_the_next(
+    served: tuple[Settings, httpx.AsyncClient],
+    mongo: AsyncMongoClient[Document],
+    rng: random.Random,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    settings, client = served
+    await make_history(settings.database_url, rng, steps=15)
+    await caught_up(settings, client)
+
+    async def dies(*args: Any, **kwargs: Any) -> None:
+        raise AutoReconnect("the store went away just after the pointer moved")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(generations, "_switched", dies)
+        assert await rebuild(settings) == 1
+    base = mongo[settings.mongo_db]
+    assert (await read_pointer(base)).generation == 1  # moved: the new generation serves
+    assert await rebuild(settings) == 0  # the next run finishes the switch
+    assert "resuming the rebuild of generation 1 at its switch" in capsys.readouterr().out
+    old = await base[META].find_one({"_id": META_ID})
+    assert old is not None
+    assert old["superseded_by"] == f"{settings.mongo_db}_g1"
+    assert await base[GENERATIONS].find_one({"_id": REBUILD_ID}) is None
+    _, position = await create_product(client)
+    assert (await client.get("/products", params={"after": position})).status_code == 200
+    await caught_up(settings, client)
+
+
+async def test_new_projection_code_that_fails_stops_the_rebuild_and_holds_nothing(
+    served: tuple[Settings, httpx.AsyncClient],
+    mongo: AsyncMongoClient[Document],
+    rng: random.Random,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    settings, client = served
+    await make_history(settings.database_url, rng, steps=10)
+    await caught_up(settings, client)
+
+    def broken(envelope: Any, data: Any) -> list[documents.Write]:
+        raise KeyError("a bug in the new projection")
+
+    with monkeypatch.context() as patched:
+        patched.setitem(documents.PROJECTIONS, "ProductCreated", broken)
+        # the rebuild runs in a thread of its own: the live projector (this thread) is
+        # patched too, so only the rebuild's fold meets the bug before it is undone
+        assert await rebuild(settings) == 1
+    assert "The new projection code cannot apply this event" in capsys.readouterr().err
+    conn = await asyncpg.connect(settings.database_url)
+    try:
+        assert await conn.fetchval("SELECT count(*) FROM held_streams") == 0
+    finally:
+        await conn.close()
+    assert (await read_pointer(mongo[settings.mongo_db])).generation == 0
+    assert await rebuild(settings) == 0  # with the code fixed, it resumes and switches
+    await caught_up(settings, client)
