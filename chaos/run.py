@@ -15,6 +15,7 @@ from typing import Any
 
 import asyncpg
 
+from app.contracts.generations import ReadModel
 from app.contracts.readmodel import ORDERS, PRODUCTS
 from app.operations.verify import Report, verify
 from bench.stack import Stack, stack
@@ -204,7 +205,9 @@ async def _log(dsn: str) -> list[LoggedEvent]:
 async def _documents(st: Stack) -> dict[Stream, Document]:
     client = st.mongo_client()
     try:
-        db = client[st.settings.mongo_db]
+        model = ReadModel(client[st.settings.mongo_db])
+        await model.refresh()  # the generation in use, as verify reads it
+        db = model.db
         found: dict[Stream, Document] = {}
         async for doc in db[ORDERS].find({}, {"version": 1, "status_history.position": 1}):
             history = tuple(h["position"] for h in doc.get("status_history", []))

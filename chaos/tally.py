@@ -19,6 +19,8 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
+from bench.http_load import percentile
+
 Stream = tuple[str, str]  # (stream_type, stream_id)
 
 
@@ -247,15 +249,6 @@ class Impact:
     failing_s: float  # first failure's start to last failure's end, in the fault and recovery
     failures: dict[str, int]  # by kind: "503", "timeout", "refused", ...
     p99_s: float | None  # latency of the requests started during the fault itself (None: none)
-
-
-def percentile(values: list[float], q: float) -> float:
-    """Nearest-rank percentile (q in 0..100); 0.0 for no values."""
-    if not values:
-        return 0.0
-    ordered = sorted(values)
-    rank = max(0, min(len(ordered) - 1, round(q / 100 * len(ordered) + 0.5) - 1))
-    return ordered[rank]
 
 
 def impact(window: Window, requests: Iterable[Attempt | Read]) -> Impact:
