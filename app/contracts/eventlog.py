@@ -119,6 +119,14 @@ async def fetch_after_in_snapshot(
     )
 
 
+async def head_position(conn: asyncpg.Connection, timeout_s: float | None = None) -> int:
+    """The log's last position (0 for an empty log); later positions may still commit."""
+    position: int = await conn.fetchval(
+        "SELECT coalesce(max(position), 0) FROM events", timeout=timeout_s
+    )
+    return position
+
+
 async def settled_position(
     conn: asyncpg.Connection, relay_name: str, timeout_s: float | None = None
 ) -> int:

@@ -15,7 +15,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from app.contracts.eventlog import settled_position
+from app.contracts.eventlog import head_position, settled_position
 from app.operations.metrics import Metrics, ProjectorStatus, RelayStatus
 from app.plumbing.access import metrics_token_only
 from app.plumbing.failures import POSTGRES_FAILURES
@@ -54,10 +54,7 @@ async def live(request: Request) -> Response:
 
 async def _log_head(pool: asyncpg.Pool) -> int:
     async with pool.acquire(timeout=_PROBE_TIMEOUT_S) as conn:
-        head: int = await conn.fetchval(
-            "SELECT coalesce(max(position), 0) FROM events", timeout=_PROBE_TIMEOUT_S
-        )
-    return head
+        return await head_position(conn, _PROBE_TIMEOUT_S)
 
 
 async def _held(pool: asyncpg.Pool) -> tuple[int, int]:
@@ -94,9 +91,7 @@ async def pipeline_state(context: OperationsContext) -> PipelineState:
     """Read on one pooled connection (for /metrics and /ops/stream). Raises POSTGRES_FAILURES."""
     applied = context.waiter.current
     async with context.resources.pool.acquire(timeout=_PROBE_TIMEOUT_S) as conn:
-        head: int = await conn.fetchval(
-            "SELECT coalesce(max(position), 0) FROM events", timeout=_PROBE_TIMEOUT_S
-        )
+        head = await head_position(conn, _PROBE_TIMEOUT_S)
         relay = await settled_position(
             conn, context.resources.settings.relay_name, _PROBE_TIMEOUT_S
         )

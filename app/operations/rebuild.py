@@ -48,7 +48,7 @@ import asyncpg
 import msgspec
 from pymongo.errors import PyMongoError
 
-from app.contracts.eventlog import settled_position
+from app.contracts.eventlog import head_position, settled_position
 from app.contracts.generations import (
     GENERATIONS,
     REBUILD_ID,
@@ -220,11 +220,6 @@ async def generations_lock(settings: Settings) -> _Lock:
         server_settings={"application_name": f"rebuild {socket.gethostname()} pid {os.getpid()}"},
     )
     return _Lock(conn, f"read-model-rebuild:{settings.mongo_db}")
-
-
-async def _log_head(resources: Resources) -> int:
-    async with resources.pool.acquire() as conn:
-        return int(await conn.fetchval("SELECT coalesce(max(position), 0) FROM events"))
 
 
 async def _rebuild(resources: Resources, model: ReadModel, expected: list[str]) -> Summary:
@@ -452,7 +447,9 @@ async def _rebuild_in_place(settings: Settings) -> tuple[str, int]:
     async with open_resources(settings, pool_min=1, pool_max=2) as resources:
         model = ReadModel(resources.db)
         await model.refresh()
-        progress = Progress("build", await _log_head(resources))
+        async with resources.pool.acquire() as conn:
+            head = await head_position(conn)
+        progress = Progress("build", head)
         position = await rebuild(resources.pool, model.db, progress=progress)
         progress.finish()
         return model.db.name, position

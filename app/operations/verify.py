@@ -23,6 +23,7 @@ import asyncpg
 import msgspec
 from pymongo.asynchronous.database import AsyncDatabase
 
+from app.contracts.eventlog import head_position
 from app.contracts.generations import ReadModel
 from app.contracts.readmodel import CUSTOMERS, ORDERS, PRODUCTS, applied_position
 from app.plumbing.resources import open_resources
@@ -115,7 +116,7 @@ async def verify(settings: Settings, wait_s: float = 30.0) -> Report:
         model = ReadModel(resources.db)
         await model.refresh()  # the generation in use
         db = model.db
-        log_position = int(await conn.fetchval("SELECT coalesce(max(position), 0) FROM events"))
+        log_position = await head_position(conn)
         read_position = await _wait_for_position(db, log_position, wait_s)
         checked: dict[str, int] = {}
         differences: list[Difference] = []

@@ -7,80 +7,31 @@ machine's RabbitMQ (shared with other runs) is never stopped.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 import pytest
 
 from app.operations.verify import verify
 from app.plumbing.settings import Settings
-from tests.support.servers import ServerFactory, free_port, http_client
+from chaos.proxy import Proxy
+from tests.support.servers import ServerFactory, http_client
 from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.slow
-
-
-class Proxy:
-    """Forwards 127.0.0.1:<port> to the broker; `cut()` drops every connection and refuses
-    new ones until `restore()`."""
-
-    def __init__(self, target: tuple[str, int]) -> None:
-        self.target = target
-        self.port = free_port()
-        self._server: asyncio.Server | None = None
-        self._writers: set[asyncio.StreamWriter] = set()
-
-    async def restore(self) -> None:
-        self._server = await asyncio.start_server(self._accept, "127.0.0.1", self.port)
-
-    async def cut(self) -> None:
-        assert self._server is not None
-        self._server.close()
-        for writer in list(self._writers):
-            writer.transport.abort()
-        await self._server.wait_closed()
-        self._server = None
-
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            up_reader, up_writer = await asyncio.open_connection(*self.target)
-        except OSError:
-            writer.transport.abort()
-            return
-        self._writers |= {writer, up_writer}
-        try:
-            await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
-        finally:
-            self._writers -= {writer, up_writer}
-            for w in (writer, up_writer):
-                w.transport.abort()
-
-
-async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    with contextlib.suppress(OSError, asyncio.IncompleteReadError):
-        while data := await reader.read(65536):
-            writer.write(data)
-            await writer.drain()
-    writer.transport.abort()
 
 
 @pytest.fixture
 async def proxied(stack: Settings) -> AsyncIterator[tuple[Settings, Proxy]]:
     """The stack with its broker behind a proxy (the `stack` fixture removes it, through the
     real broker URL, afterwards)."""
-    parts = urlsplit(stack.amqp_url)
-    proxy = Proxy((parts.hostname or "127.0.0.1", parts.port or 5672))
+    proxy = Proxy.of_url("rabbitmq", stack.amqp_url, 5672)
     await proxy.restore()
-    netloc = f"{parts.username}:{parts.password}@127.0.0.1:{proxy.port}"
-    yield replace(stack, amqp_url=urlunsplit(parts._replace(netloc=netloc))), proxy
-    with contextlib.suppress(AssertionError):
-        await proxy.cut()
+    yield replace(stack, amqp_url=proxy.url(stack.amqp_url)), proxy
+    await proxy.cut()
 
 
 async def _order(http: httpx.AsyncClient, product_id: str, customer: str) -> dict[str, Any]:
