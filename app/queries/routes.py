@@ -7,14 +7,13 @@ failing Mongo answers 503 with Retry-After, never 500.
 
 from __future__ import annotations
 
-import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
+from types import TracebackType
 from typing import Any, Final
 
 import msgspec
-import pymongo
 from pymongo.errors import ConnectionFailure, PyMongoError
 from starlette.requests import Request
 from starlette.responses import Response
@@ -69,19 +68,11 @@ class Reading:
         self.position: int | None = None
         self.database: str | None = None  # the read model's database read, once it is
 
-    @contextlib.asynccontextmanager
-    async def applied(self) -> AsyncIterator[Db]:
-        """Waits until `after` is applied (503 past the bound), then yields the database with
-        every read inside bounded by `read_timeout_s`. Parse everything before entering, so a
-        bad request is refused without waiting."""
-        context = self.context
-        self.position = await wait_until_applied(
-            context.waiter, self.args.after(), context.read_wait_max_s
-        )
-        db = context.db
-        self.database = db.name
-        with pymongo.timeout(context.read_timeout_s):
-            yield db
+    def applied(self) -> _Applied:
+        """`async with read.applied() as db:` waits until `after` is applied (503 past the
+        bound), then yields the database with every read inside bounded by `read_timeout_s`.
+        Parse everything before entering, so a bad request is refused without waiting."""
+        return _Applied(self)
 
     async def cached(self, key: CacheKey, answer: Callable[[], Awaitable[Response]]) -> Response:
         """`answer()` through the read cache when there is one: a kept body that reflects
@@ -98,6 +89,37 @@ class Reading:
         if response.status_code == 200 and self.position is not None and self.database:
             await cache.put(self.database, key, self.position, bytes(response.body))
         return response
+
+
+class _Applied:
+    """Reading.applied's context (a class, not a generator: every read goes through it)."""
+
+    __slots__ = ("_bound", "_reading")
+
+    def __init__(self, reading: Reading) -> None:
+        self._reading = reading
+        self._bound: reads.Bounded | None = None
+
+    async def __aenter__(self) -> Db:
+        reading = self._reading
+        context = reading.context
+        reading.position = await wait_until_applied(
+            context.waiter, reading.args.after(), context.read_wait_max_s
+        )
+        db = context.db
+        reading.database = db.name
+        self._bound = reads.Bounded(context.read_timeout_s)
+        await self._bound.__aenter__()
+        return db
+
+    async def __aexit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        assert self._bound is not None
+        await self._bound.__aexit__(kind, error, traceback)
 
 
 Endpoint = Callable[[Request, Reading], Awaitable[Response]]

@@ -36,7 +36,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Final
 
 import msgspec
-import pymongo
 from pymongo.errors import PyMongoError
 from starlette.requests import Request
 from starlette.responses import Response
@@ -118,7 +117,7 @@ class Follow:
 
     async def _read(self, last: int, through: int) -> tuple[bytes, int]:
         """The events of the documents changed in (last, through] and the position they cover."""
-        with pymongo.timeout(self._context.read_timeout_s):
+        async with reads.Bounded(self._context.read_timeout_s):
             found = await self._changed(self._context.db, last, through)
         complete = len(found) < BATCH
         covered = through if complete else found[-1]["position"]
@@ -150,7 +149,7 @@ async def stream_order(request: Request, read: Reading) -> Response:
     slot = streams.slots.take()
     try:
         resume = await _start(context, read, request)
-        with pymongo.timeout(context.read_timeout_s):
+        async with reads.Bounded(context.read_timeout_s):
             found = await reads.find_order(context.db, order_id)
         # another customer's order is answered as missing, as on GET /orders/{order_id}
         if found is None or not access.principal(request).may_act_for(found["customer_id"]):

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import os
+import signal
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -20,6 +22,7 @@ from starlette.applications import Starlette
 from app.contracts.generations import ReadModel
 from app.contracts.readmodel import META, META_ID, ensure_indexes
 from app.plumbing import problems
+from app.plumbing.localstore import LocalStore
 from app.plumbing.settings import Settings
 from app.queries.routes import QueryContext, routes
 from app.queries.waiting import MongoPositionWaiter
@@ -433,6 +436,34 @@ async def test_an_unreachable_mongo_is_503_with_retry_after(
             response = await http.get(path)
             assert_problem(response, 503)
             assert response.headers["retry-after"] == "1"
+
+
+@pytest.mark.slow
+async def test_a_hung_mongo_is_503_within_the_read_timeout(serve: Serve) -> None:
+    """A store that accepted the connection and stops answering (SIGSTOP) holds a read no
+    longer than `read_timeout_s`; once it answers again, so do the reads."""
+    with LocalStore() as store:
+        client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(store.url, tz_aware=True)
+        try:
+            db = client["hung"]
+            await set_position(db, 5)
+            model = ReadModel.fixed(db)
+            http = await serve(model=model, waiter=_Applied(5), read_timeout_s=0.5)
+            order = f"/orders/{uuid.uuid4()}"
+            assert (await http.get(order)).status_code == 404  # connected, and answering
+            os.kill(store.pid, signal.SIGSTOP)
+            try:
+                started = time.monotonic()
+                response = await http.get(order)
+                elapsed = time.monotonic() - started
+            finally:
+                os.kill(store.pid, signal.SIGCONT)
+            assert_problem(response, 503)
+            assert response.headers["retry-after"] == "1"
+            assert 0.5 <= elapsed < 3, elapsed
+            assert (await http.get(order)).status_code == 404
+        finally:
+            await client.close()
 
 
 class _Applied:
