@@ -150,17 +150,18 @@ class Projector:
                 await connection.close()
 
     async def _handle(self, channel: aiormq.abc.AbstractChannel, batch: list[Message]) -> None:
-        """Apply the batch (retrying until it is stored), park the undecodable, then ack it all."""
+        """Apply the batch (retrying until it is stored) and wake the readers waiting for it,
+        park the undecodable, then ack it all."""
         decoded, parked = decode(batch)
         await self._retry(lambda: self._apply(decoded))
+        self.counters.batches += 1
+        assert self._position is not None
+        self.applied.advance(self._position)  # stored: readers need not wait for the acks
         for message, reason in parked:
             await self._park(channel, message, reason)
         last_tag = max(m.delivery_tag or 0 for m in batch)
         await channel.basic_ack(last_tag, multiple=True)
-        self.counters.batches += 1
         self._reconnect.reset()
-        assert self._position is not None
-        self.applied.advance(self._position)
 
     async def _apply(self, deliveries: list[Decoded]) -> None:
         if self._reload:

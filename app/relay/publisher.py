@@ -52,6 +52,7 @@ class ConfirmWindow:
         self._slots = asyncio.Semaphore(size)
         self._in_flight: deque[tuple[int, asyncio.Task[Any]]] = deque()
         self._failure: PublishFailed | None = None
+        self._settled: asyncio.Future[None] | None = None
         self.confirmed = 0
         self.confirmed_count = 0  # messages confirmed on this channel (a metric)
 
@@ -62,9 +63,9 @@ class ConfirmWindow:
     async def publish(self, event: LoggedEvent, prev_position: int) -> None:
         """Send one message, waiting for a free slot first; raises PublishFailed once any
         earlier message failed (nothing after a failure goes out on this channel)."""
-        self._raise_failure()
+        self.raise_failure()
         await self._slots.acquire()
-        self._raise_failure()
+        self.raise_failure()
         if event.traceparent is None:  # the usual case: no span, no context manager
             task = self._send(event, prev_position)
         else:
@@ -86,12 +87,13 @@ class ConfirmWindow:
             )
         )
 
-    async def drain(self) -> None:
-        """Wait until every message sent so far is confirmed; raises PublishFailed if any
-        was nacked or lost."""
-        if self._in_flight:
-            await asyncio.wait([task for _, task in self._in_flight])
-        self._raise_failure()
+    def settled(self) -> asyncio.Future[None]:
+        """A future done once every message sent so far is confirmed, or one has failed (it
+        never raises: `raise_failure` says which). Cancelling it is harmless."""
+        if self._settled is None or self._settled.done():
+            self._settled = asyncio.get_running_loop().create_future()
+        self._notify_settled()
+        return self._settled
 
     def abandon(self) -> None:
         """Stop waiting for confirms (the channel is being thrown away)."""
@@ -109,12 +111,20 @@ class ConfirmWindow:
             self.confirmed_count += 1
         while self._in_flight and _succeeded(self._in_flight[0][1]):
             self.confirmed = self._in_flight.popleft()[0]
+        self._notify_settled()
+
+    def _notify_settled(self) -> None:
+        settled = self._settled
+        ended = not self._in_flight or self._failure is not None
+        if settled is not None and not settled.done() and ended:
+            settled.set_result(None)
 
     def _fail(self, failure: PublishFailed) -> None:
         if self._failure is None:
             self._failure = failure
 
-    def _raise_failure(self) -> None:
+    def raise_failure(self) -> None:
+        """Raise PublishFailed if a message sent so far was nacked or lost."""
         if self._failure is not None:
             raise self._failure
 

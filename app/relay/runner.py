@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import random
 from collections.abc import Coroutine
 from dataclasses import dataclass
@@ -37,6 +38,7 @@ WATCH_INTERVAL_S = 1.0  # how often the leader proves its lock session is alive
 # A leader whose session died waits this long before electing again, so a healthy replica
 # (retrying every ELECTION_INTERVAL_S) takes over instead of the one that just failed.
 HANDOVER_GRACE_S = 2.5
+CHECKPOINT_INTERVAL_S = 0.1  # at most one checkpoint save per interval while commits keep coming
 
 _BROKER_ERRORS = (
     OSError,
@@ -90,6 +92,7 @@ class Relay:
         self._window: ConfirmWindow | None = None
         self._published_before = 0  # confirmed on earlier channels
         self._saved_position = 0
+        self._saved_at = -math.inf  # loop time of the last checkpoint save
         self._lost_lead = False
 
     async def run(self) -> None:
@@ -202,7 +205,11 @@ class Relay:
         window: ConfirmWindow,
         tracker: GapTracker,
     ) -> None:
-        """Publish whatever the log allows, forever; returns only by raising."""
+        """Publish whatever the log allows, forever; returns only by raising.
+
+        Confirms are not waited for before the next read: a commit that arrives while the
+        broker confirms the previous messages is read and sent at once (the window bounds
+        what is unconfirmed). The checkpoint follows the confirms while the relay rests."""
         last = self.published_position
         size = self._config.batch_size
         while True:
@@ -221,39 +228,65 @@ class Relay:
             for event in plan.publish:
                 await window.publish(event, last)
                 last = event.position
-            await self._checkpoint(session, window)
             if len(batch.events) == size and plan.blocked_at is None:
+                await self._checkpoint(session, window, now=False)
                 continue
             if plan.blocked_at is not None and tracker.xids_to_await() == frozenset():
                 continue  # nobody was in flight: the gap is settled on the next read
-            await window.drain()
-            await self._checkpoint(session, window)
-            await self._idle(connection)
+            await self._rest(session, connection, window)
 
-    async def _checkpoint(self, session: RelaySession, window: ConfirmWindow) -> None:
+    async def _checkpoint(
+        self, session: RelaySession, window: ConfirmWindow, *, now: bool = True
+    ) -> None:
         """Save the confirmed position, then report it: while leading, `published_position`
-        never runs ahead of the checkpoint a successor would resume from."""
+        never runs ahead of the checkpoint a successor would resume from. Unless `now`, at
+        most one save per CHECKPOINT_INTERVAL_S: under steady commits a save per read would
+        put a PostgreSQL commit between every two reads; a successor republishes at most
+        that much more (duplicates are allowed, loss is not)."""
         confirmed = window.confirmed
-        if confirmed > self._saved_position:
-            await session.save_checkpoint(confirmed)
-            self._saved_position = confirmed
+        if confirmed <= self._saved_position:
+            self.published_position = confirmed
+            return
+        loop = asyncio.get_running_loop()
+        if not now and loop.time() - self._saved_at < CHECKPOINT_INTERVAL_S:
+            return
+        await session.save_checkpoint(confirmed)
+        self._saved_position, self._saved_at = confirmed, loop.time()
         self.published_position = confirmed
 
-    async def _idle(self, connection: aiormq.abc.AbstractConnection) -> None:
-        """Wait for a local commit, the poll interval, or the broker connection closing."""
-        waiter = asyncio.ensure_future(self._wakeup.wait())
-        closing = connection.closing  # a new observer each time: cancel it, or it piles up
-        try:
-            await asyncio.wait(
-                [waiter, closing],
-                timeout=self._config.poll_interval_s,
-                return_when=asyncio.FIRST_COMPLETED,
-            )
-        finally:
-            waiter.cancel()
-            closing.cancel()
-        if connection.is_closed:
-            raise PublishFailed("the broker connection closed")
+    async def _rest(
+        self,
+        session: RelaySession,
+        connection: aiormq.abc.AbstractConnection,
+        window: ConfirmWindow,
+    ) -> None:
+        """Until a local commit or the poll interval, saving the checkpoint once what was sent
+        is confirmed; raises PublishFailed when the broker connection closes or refused a
+        message. A commit that came meanwhile ends it at once."""
+        await self._checkpoint(session, window, now=False)
+        loop = asyncio.get_running_loop()
+        until = loop.time() + self._config.poll_interval_s
+        while not self._wakeup.is_set():
+            waits: list[asyncio.Future[Any]] = [
+                asyncio.ensure_future(self._wakeup.wait()),
+                connection.closing,  # a new observer each time: cancel it, or it piles up
+            ]
+            if window.in_flight:
+                waits.append(window.settled())
+            try:
+                done, _ = await asyncio.wait(
+                    waits, timeout=until - loop.time(), return_when=asyncio.FIRST_COMPLETED
+                )
+            finally:
+                for waiter in waits:
+                    waiter.cancel()
+            if connection.is_closed:
+                raise PublishFailed("the broker connection closed")
+            window.raise_failure()
+            # confirmed (or the interval passed): save now; woken by a commit: read it first
+            await self._checkpoint(session, window, now=not self._wakeup.is_set())
+            if not done:
+                return  # the poll interval: look at the log for other replicas' commits
 
 
 async def _acquire_lock(session: RelaySession) -> None:
