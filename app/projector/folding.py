@@ -16,6 +16,22 @@ from app.projector.documents import Write
 def apply_write(document: Document | None, write: Write) -> Document | None:
     """The document after `write` (a new dict; `document` is not changed), or None when the
     document does not exist and the write does not upsert."""
+    return _applied(document, write, in_place=False)
+
+
+def own(document: Document) -> Document:
+    """A copy of `document` that `apply_owned` may change: its dicts (nested ones too) are
+    new; lists and values are shared, which is safe, as no operator changes them in place."""
+    return {k: own(v) if isinstance(v, dict) else v for k, v in document.items()}
+
+
+def apply_owned(document: Document | None, write: Write) -> Document | None:
+    """Like `apply_write`, but changes `document` in place: the caller owns it (`own`, or a
+    result of this function). Folding many writes into one document copies it once."""
+    return _applied(document, write, in_place=True)
+
+
+def _applied(document: Document | None, write: Write, *, in_place: bool) -> Document | None:
     inserting = document is None
     if document is None:
         if not write.upsert:
@@ -24,10 +40,11 @@ def apply_write(document: Document | None, write: Write) -> Document | None:
     elif not _matches(document, write.filter):
         return document
     else:
-        result = dict(document)
+        result = document if in_place else dict(document)
+    copy = not in_place
     for operator, fields in write.update.items():
         for name, value in fields.items():
-            _apply(result, operator, name, value, inserting)
+            _apply(result, operator, name, value, inserting, copy)
     return result
 
 
@@ -54,6 +71,8 @@ def _matches(document: Document, query: dict[str, Any]) -> bool:
 
 def _get(document: Document, path: str) -> tuple[bool, Any]:
     """(present, value) of a dotted `path` in `document`."""
+    if "." not in path:
+        return (True, document[path]) if path in document else (False, None)
     value: Any = document
     for key in path.split("."):
         if not isinstance(value, dict) or key not in value:
@@ -62,22 +81,29 @@ def _get(document: Document, path: str) -> tuple[bool, Any]:
     return True, value
 
 
-def _parent(result: Document, path: str) -> tuple[Document, str]:
-    """The dict holding the last key of dotted `path` in `result` (copied on the way, so the
-    caller's document is never changed), and that key."""
+def _parent(result: Document, path: str, copy: bool) -> tuple[Document, str]:
+    """The dict holding the last key of dotted `path` in `result` (with `copy`, copied on the
+    way, so the caller's document is never changed), and that key."""
+    if "." not in path:
+        return result, path
     *parents, last = path.split(".")
     holder = result
     for key in parents:
         child = holder.get(key)
-        holder[key] = dict(child) if isinstance(child, dict) else {}
-        holder = holder[key]
+        if not isinstance(child, dict):
+            child = holder[key] = {}
+        elif copy:
+            child = holder[key] = dict(child)
+        holder = child
     return holder, last
 
 
-def _apply(result: Document, operator: str, path: str, value: Any, inserting: bool) -> None:
+def _apply(
+    result: Document, operator: str, path: str, value: Any, inserting: bool, copy: bool
+) -> None:
     if operator == "$setOnInsert" and not inserting:
         return
-    holder, name = _parent(result, path)
+    holder, name = _parent(result, path, copy)
     if operator in ("$set", "$setOnInsert"):
         holder[name] = value
     elif operator == "$inc":

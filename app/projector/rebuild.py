@@ -38,7 +38,7 @@ from app.contracts.readmodel import (
 from app.projector import holds
 from app.projector.deliveries import Decoded, decode_logged
 from app.projector.documents import Write, project
-from app.projector.folding import apply_write
+from app.projector.folding import apply_owned, own
 from app.projector.readmodel import InvalidEventData, ProjectionFailed, drop
 
 log = logging.getLogger(__name__)
@@ -162,9 +162,17 @@ class _Store:
         earlier write stored; returns the keys they touched."""
         keys = {(w.collection, w.filter["_id"]) for w in writes}
         await self._load([key for key in keys if key not in held], held)
+        # A document is copied once per chunk, then changed in place: the one in flight
+        # (shared with `_writing`) or kept from an earlier chunk is never changed.
+        owned: set[Key] = set()
         for write in writes:
             key = (write.collection, write.filter["_id"])
-            held[key] = apply_write(held.get(key), write)
+            document = held.get(key)
+            if key not in owned and document is not None:
+                document = own(document)
+            document = held[key] = apply_owned(document, write)
+            if document is not None:
+                owned.add(key)
         return keys
 
     async def _load(self, keys: list[Key], held: dict[Key, Document | None]) -> None:

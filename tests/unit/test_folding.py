@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from app.projector.documents import Write
-from app.projector.folding import apply_write
+from app.projector.folding import apply_owned, apply_write, own
 
 
 def _w(update: dict, fence: int, upsert: bool = False) -> Write:  # type: ignore[type-arg]
@@ -48,3 +48,23 @@ def test_per_stream_fences_on_dotted_fields() -> None:
     assert late == {"_id": "c", "spent": 12, "applied": {"a": 2, "b": 2}}
     assert apply_write(late, spent("a", 2, 7)) is late  # and only once
     assert document["applied"] == {"a": 1, "b": 1}
+
+
+def test_owned_documents_change_in_place_and_their_originals_never() -> None:
+    def spent(order: str, version: int, cents: int) -> Write:
+        fence = {"_id": "c", f"applied.{order}": {"$not": {"$gte": version}}}
+        update = {"$inc": {"spent": cents}, "$set": {f"applied.{order}": version}}
+        return Write("customers", fence, update)
+
+    original = {"_id": "c", "spent": 0, "applied": {"a": 1}, "history": [1]}
+    owned = own(original)
+    folded = apply_owned(owned, spent("a", 2, 5))
+    folded = apply_owned(folded, spent("b", 1, 7))
+    assert folded is owned
+    assert folded == {"_id": "c", "spent": 12, "applied": {"a": 2, "b": 1}, "history": [1]}
+    assert original == {"_id": "c", "spent": 0, "applied": {"a": 1}, "history": [1]}
+    pushed = apply_owned(folded, Write("customers", {"_id": "c"}, {"$push": {"history": 2}}))
+    assert pushed is not None
+    assert pushed["history"] == [1, 2]
+    assert original["history"] == [1]
+    assert apply_owned(None, spent("a", 1, 1)) is None  # no upsert: nothing to create
