@@ -103,7 +103,7 @@ def serve(settings: Settings) -> int:
     if settings.tracing:
         tracing.setup()
     uvicorn.run(
-        create_app(settings),
+        create_app(settings, settle_gc=True),
         host=settings.host,
         port=settings.port,
         loop="uvloop",
