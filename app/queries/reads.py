@@ -38,10 +38,12 @@ class Bounded:
 
     def __init__(self, seconds: float) -> None:
         self._seconds = seconds
-        self._timeout = asyncio.timeout(seconds)
+        self._timeout: asyncio.Timeout | None = None
 
-    async def __aenter__(self) -> None:
+    async def __aenter__(self) -> object:
+        self._timeout = asyncio.timeout(self._seconds)  # the bound starts here
         await self._timeout.__aenter__()
+        return None
 
     async def __aexit__(
         self,
@@ -49,6 +51,7 @@ class Bounded:
         error: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
+        assert self._timeout is not None
         try:
             await self._timeout.__aexit__(kind, error, traceback)
         except TimeoutError:

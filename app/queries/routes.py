@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
-from types import TracebackType
 from typing import Any, Final
 
 import msgspec
@@ -91,14 +90,14 @@ class Reading:
         return response
 
 
-class _Applied:
+class _Applied(reads.Bounded):
     """Reading.applied's context (a class, not a generator: every read goes through it)."""
 
-    __slots__ = ("_bound", "_reading")
+    __slots__ = ("_reading",)
 
     def __init__(self, reading: Reading) -> None:
+        super().__init__(reading.context.read_timeout_s)
         self._reading = reading
-        self._bound: reads.Bounded | None = None
 
     async def __aenter__(self) -> Db:
         reading = self._reading
@@ -108,18 +107,8 @@ class _Applied:
         )
         db = context.db
         reading.database = db.name
-        self._bound = reads.Bounded(context.read_timeout_s)
-        await self._bound.__aenter__()
+        await super().__aenter__()  # the reads' bound starts after the wait
         return db
-
-    async def __aexit__(
-        self,
-        kind: type[BaseException] | None,
-        error: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        assert self._bound is not None
-        await self._bound.__aexit__(kind, error, traceback)
 
 
 Endpoint = Callable[[Request, Reading], Awaitable[Response]]
