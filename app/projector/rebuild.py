@@ -206,9 +206,18 @@ class _Store:
     async def _write(
         self, operations: dict[CollectionName, list[InsertOne[Document] | ReplaceOne[Document]]]
     ) -> None:
-        for name in COLLECTIONS:  # in turn: faster than at once (app.projector.readmodel)
-            if operations.get(name):
-                await self._db[name].bulk_write(operations[name], ordered=False)
+        # the collections at once, as the projector writes them (app.projector.readmodel)
+        outcomes = await asyncio.gather(
+            *(
+                self._db[name].bulk_write(operations[name], ordered=False)
+                for name in COLLECTIONS
+                if operations.get(name)
+            ),
+            return_exceptions=True,
+        )
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                raise outcome
 
     async def flush(self) -> None:
         """Wait for the write in flight; raises what it raised."""
