@@ -206,18 +206,11 @@ class _Store:
     async def _write(
         self, operations: dict[CollectionName, list[InsertOne[Document] | ReplaceOne[Document]]]
     ) -> None:
-        # the collections at once, as the projector writes them (app.projector.readmodel)
-        outcomes = await asyncio.gather(
-            *(
-                self._db[name].bulk_write(operations[name], ordered=False)
-                for name in COLLECTIONS
-                if operations.get(name)
-            ),
-            return_exceptions=True,
-        )
-        for outcome in outcomes:
-            if isinstance(outcome, BaseException):
-                raise outcome
+        # In turn: a failed rebuild cancels the write in flight (`abandon`), and PyMongo 4.20
+        # leaves the socket of a cancelled operation unclosed; one at a time keeps that to one.
+        for name in COLLECTIONS:
+            if operations.get(name):
+                await self._db[name].bulk_write(operations[name], ordered=False)
 
     async def flush(self) -> None:
         """Wait for the write in flight; raises what it raised."""
