@@ -89,6 +89,14 @@ async def make_history(dsn: str, rng: random.Random, steps: int = 80) -> list[Lo
     try:
         ids = [await _create_product(conn, rng) for _ in range(5)]
         placed: list[uuid.UUID] = []
+        # one rolled-back restock first, so the log always has a gap with events after it
+        # (the random steps may draw no rollback, or only ones refused before they log)
+        with contextlib.suppress(_Rollback):
+            async with conn.transaction():
+                await products.restock_product(
+                    conn, ids[0], products.RestockProduct(quantity=1), _meta()
+                )
+                raise _Rollback
         for _ in range(steps):
             with contextlib.suppress(InsufficientStock, InvalidTransition, _Rollback):
                 await _step(conn, rng, ids, placed)
