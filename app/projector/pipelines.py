@@ -72,6 +72,8 @@ def stage(write: Write) -> Expression:
     return {"$set": fields}
 
 
-def operation(write: Write) -> UpdateOne:
+def operation(write: Write, namespace: str | None = None) -> UpdateOne:
     """`write` as one update pipeline found by `_id` alone."""
-    return UpdateOne({"_id": write.filter["_id"]}, [stage(write)], upsert=write.upsert)
+    return UpdateOne(
+        {"_id": write.filter["_id"]}, [stage(write)], upsert=write.upsert, namespace=namespace
+    )
