@@ -4,23 +4,16 @@ app/contracts/readmodel.py; full rebuilds: app/projector/rebuild.py)."""
 from __future__ import annotations
 
 import asyncio
-import weakref
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
-from pymongo import AsyncMongoClient, InsertOne, UpdateOne
+from pymongo import InsertOne, UpdateOne
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import (
-    BulkWriteError,
-    ClientBulkWriteException,
-    DuplicateKeyError,
-    InvalidOperation,
-    OperationFailure,
-)
+from pymongo.errors import BulkWriteError, DuplicateKeyError
 
 from app.contracts.generations import FROZEN_UNTIL, SUPERSEDED_BY, meta_of, writable
-from app.contracts.readmodel import COLLECTIONS, META, META_ID, CollectionName, Document
+from app.contracts.readmodel import COLLECTIONS, META, META_ID, Document
 from app.projector import pipelines
 from app.projector.coalescing import coalesce
 from app.projector.deliveries import Decoded
@@ -104,61 +97,17 @@ async def write_documents(db: AsyncDatabase[Document], events: Sequence[Decoded]
         raise InvalidEventData.at(invalid[0])
     writes = [w for e in events if e.data is not None for w in project(e.envelope, e.data)]
     by_collection = {name: [w for w in writes if w.collection == name] for name in COLLECTIONS}
-    batches = {name: batch for name, batch in by_collection.items() if batch}
-    if not batches or await _write_in_one(db, batches):
-        return
     # The collections at once: each write is fenced on its own, so their order does not
     # matter. On the Rust SecantusDB server this absorbs 30-40 % more events per second than
     # the same writes in turn, for batches of 16 to 256 events (docs/benchmarks.md; on its
     # Python server it was ~30 % fewer). The first failure is raised once all have ended.
     outcomes = await asyncio.gather(
-        *(_write_collection(db[name], batch) for name, batch in batches.items()),
+        *(_write_collection(db[name], batch) for name, batch in by_collection.items() if batch),
         return_exceptions=True,
     )
     for outcome in outcomes:
         if isinstance(outcome, BaseException):
             raise outcome
-
-
-# Clients whose server has no client-level bulkWrite (MongoDB before 8.0): one bulk write
-# per collection for them.
-_PER_COLLECTION: weakref.WeakSet[AsyncMongoClient[Document]] = weakref.WeakSet()
-
-
-async def _write_in_one(
-    db: AsyncDatabase[Document], batches: dict[CollectionName, list[Write]]
-) -> bool:
-    """Every collection's merged writes in one client-level bulkWrite (MongoDB 8.0+; the
-    Rust SecantusDB server has it): one round trip and one pass through the driver instead
-    of three, about half the driver's CPU. True when every merged write took effect; False
-    when the batch must go per collection: the server lacks the command, or a merged fence
-    did not hold or a write was refused (a redelivery), which the fenced path sorts out.
-    Raises what the connection raises (transient: the batch is retried)."""
-    client = db.client
-    if client in _PER_COLLECTION:
-        return False
-    operations = [
-        fast_operation(write, f"{db.name}.{name}")
-        for name, batch in batches.items()
-        for write in coalesce(batch)
-    ]
-    try:
-        result = await client.bulk_write(operations, ordered=True)
-    except InvalidOperation:
-        _PER_COLLECTION.add(client)  # "requires MongoDB server version 8.0+"
-        return False
-    except ClientBulkWriteException:
-        return False
-    except OperationFailure as exc:
-        if exc.code not in _NO_SUCH_COMMAND:
-            raise
-        _PER_COLLECTION.add(client)
-        return False
-    done = result.inserted_count + result.modified_count + result.upserted_count
-    return done == len(operations)
-
-
-_NO_SUCH_COMMAND = frozenset({59, 115})  # CommandNotFound, CommandNotSupported
 
 
 async def _write_collection(collection: AsyncCollection[Document], writes: list[Write]) -> None:
@@ -178,13 +127,13 @@ async def _write_collection(collection: AsyncCollection[Document], writes: list[
     await write_ordered(collection, writes)
 
 
-def fast_operation(write: Write, namespace: str | None = None) -> InsertOne[Document] | UpdateOne:
+def fast_operation(write: Write) -> InsertOne[Document] | UpdateOne:
     """A write that creates its document (fenced before version 1) and only sets fields is an
     insert: much cheaper than a fenced upsert, and a duplicate key (the document exists, a
     redelivery) sends the batch down the fenced path."""
     if write.upsert and write.filter.get("version") == {"$lt": 1} and set(write.update) == {"$set"}:
-        return InsertOne({"_id": write.filter["_id"], **write.update["$set"]}, namespace=namespace)
-    return pipelines.operation(write, namespace)
+        return InsertOne({"_id": write.filter["_id"], **write.update["$set"]})
+    return pipelines.operation(write)
 
 
 async def write_ordered(collection: AsyncCollection[Document], writes: Sequence[Write]) -> None:

@@ -72,21 +72,12 @@ async def test_applying_any_prefix_twice_equals_once(
         assert await snapshot(mongo_db) == once, f"a shorter prefix re-applied after {k}"
 
 
-@pytest.mark.parametrize("sent", ["in one bulkWrite", "per collection"])
 async def test_batches_equal_one_event_at_a_time_even_after_a_partial_batch(
-    fresh_database_url: str,
-    mongo_db: AsyncDatabase[Document],
-    rng: random.Random,
-    monkeypatch: pytest.MonkeyPatch,
-    sent: str,
+    fresh_database_url: str, mongo_db: AsyncDatabase[Document], rng: random.Random
 ) -> None:
     """Batches fold each document's writes into one (app.projector.coalescing); a batch that
     finds documents already partly through it (a crash mid-batch, then redelivery) must still
-    end exactly where applying one event at a time ends. Both ways a batch goes to the store:
-    one client-level bulkWrite (this store, MongoDB 8.0+) and one bulk write per collection
-    (servers without that command)."""
-    if sent == "per collection":
-        monkeypatch.setattr(readmodel, "_PER_COLLECTION", _Everyone())
+    end exactly where applying one event at a time ends."""
     events = decoded(await make_history(fresh_database_url, rng))
     await ensure_indexes(mongo_db)
     for event in events:
@@ -104,18 +95,6 @@ async def test_batches_equal_one_event_at_a_time_even_after_a_partial_batch(
         await readmodel.apply_events(mongo_db, events[start:end])
         await _apply_in_batches(mongo_db, events[end:], rng)
         assert await snapshot(mongo_db) == reference, (start, crashed_at, end)
-    one_round_trip = mongo_db.client not in readmodel._PER_COLLECTION
-    assert one_round_trip == (sent == "in one bulkWrite")
-
-
-class _Everyone:
-    """A set that holds every client: no server has a client-level bulkWrite."""
-
-    def __contains__(self, client: object) -> bool:
-        return True
-
-    def add(self, client: object) -> None:
-        pass
 
 
 async def test_a_rebuild_in_chunks_equals_the_projector(
