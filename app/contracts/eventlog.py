@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
+from typing import Final
 
 import asyncpg
 import msgspec
@@ -23,7 +24,11 @@ from app.contracts.events import Envelope
 from app.contracts.upcasting import upcast
 
 
-class LoggedEvent(msgspec.Struct, frozen=True, kw_only=True):
+class LoggedEvent(msgspec.Struct, frozen=True):
+    """One row of the log, as `_SELECT` reads it: its columns come in the order of these
+    fields, so a row becomes one positionally (`LoggedEvent(*row)`, ~4x cheaper than by name;
+    readers take every event through here)."""
+
     position: int
     event_id: uuid.UUID
     type: str
@@ -54,12 +59,29 @@ class LoggedEvent(msgspec.Struct, frozen=True, kw_only=True):
         )
 
 
-_SELECT = (
-    "SELECT position, event_id, type, schema_version, stream_type, stream_id, stream_version,"
-    " occurred_at, metadata->>'correlation_id' AS correlation_id, data::text AS data,"
-    " metadata->>'traceparent' AS traceparent"
-    " FROM events"
+# each field of LoggedEvent read from `events`
+_COLUMNS: Final = {
+    "position": "position",
+    "event_id": "event_id",
+    "type": "type",
+    "schema_version": "schema_version",
+    "stream_type": "stream_type",
+    "stream_id": "stream_id",
+    "stream_version": "stream_version",
+    "occurred_at": "occurred_at",
+    "correlation_id": "metadata->>'correlation_id'",
+    "data": "data::text",
+    "traceparent": "metadata->>'traceparent'",
+}
+_SELECT: Final = (
+    "SELECT "
+    + ", ".join(f"{_COLUMNS[field]} AS {field}" for field in LoggedEvent.__struct_fields__)
+    + " FROM events"
 )
+
+
+def _logged(rows: list[asyncpg.Record]) -> list[LoggedEvent]:
+    return [LoggedEvent(*row) for row in rows]
 
 
 async def fetch_after(conn: asyncpg.Connection, after: int, limit: int) -> list[LoggedEvent]:
@@ -67,7 +89,7 @@ async def fetch_after(conn: asyncpg.Connection, after: int, limit: int) -> list[
     rows = await conn.fetch(
         f"{_SELECT} WHERE position > $1 ORDER BY position LIMIT $2", after, limit
     )
-    return [LoggedEvent(**dict(r)) for r in rows]
+    return _logged(rows)
 
 
 async def fetch_range(conn: asyncpg.Connection, after: int, through: int) -> list[LoggedEvent]:
@@ -75,7 +97,7 @@ async def fetch_range(conn: asyncpg.Connection, after: int, through: int) -> lis
     rows = await conn.fetch(
         f"{_SELECT} WHERE position > $1 AND position <= $2 ORDER BY position", after, through
     )
-    return [LoggedEvent(**dict(r)) for r in rows]
+    return _logged(rows)
 
 
 async def fetch_positions(conn: asyncpg.Connection, positions: list[int]) -> list[LoggedEvent]:
@@ -83,7 +105,7 @@ async def fetch_positions(conn: asyncpg.Connection, positions: list[int]) -> lis
     rows = await conn.fetch(
         f"{_SELECT} WHERE position = ANY($1::bigint[]) ORDER BY position", positions
     )
-    return [LoggedEvent(**dict(r)) for r in rows]
+    return _logged(rows)
 
 
 class SnapshotBatch(msgspec.Struct, frozen=True, kw_only=True):
@@ -114,9 +136,7 @@ async def fetch_after_in_snapshot(
             limit,
             timeout=query_timeout_s,
         )
-    return SnapshotBatch(
-        events=[LoggedEvent(**dict(r)) for r in rows], xip=snapshot["xip"], xmax=snapshot["xmax"]
-    )
+    return SnapshotBatch(events=_logged(rows), xip=snapshot["xip"], xmax=snapshot["xmax"])
 
 
 async def head_position(conn: asyncpg.Connection, timeout_s: float | None = None) -> int:
