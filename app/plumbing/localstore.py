@@ -51,7 +51,10 @@ class LocalStore:
         # the Rust server's default 2 GB write-ahead log file costs 2 GB of disk per store
         # and ~6 s on every reopen; 128 MB reopens in ~1 s
         rust = [binary, "--log-file-max", "128MB"] if binary else None
-        self._command = rust or [sys.executable, "-m", "secantus"]
+        # --sync-on-commit: without it either server acknowledges a write before its log is
+        # on disk, and a crash (SIGKILL) brings it back without writes it acknowledged; the
+        # projector relies on acknowledged writes being durable (docs/architecture.md §6).
+        self._command = [*(rust or [sys.executable, "-m", "secantus"]), "--sync-on-commit"]
         self._process: subprocess.Popen[bytes] | None = None
         self._output: IO[bytes] | None = None
 

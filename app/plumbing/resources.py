@@ -62,11 +62,15 @@ async def open_pool(
 
 
 def mongo_client(settings: Settings) -> AsyncMongoClient[dict[str, Any]]:
-    """The MongoDB client: aware datetimes, and an unreachable server noticed within seconds."""
+    """The MongoDB client: aware datetimes, an unreachable server noticed within seconds, and
+    writes acknowledged only once journaled (`j: true`). The projector must never write onto
+    documents that lost writes it was told were done: their version fences would then refuse
+    the lost events for good (docs/architecture.md §6)."""
     return AsyncMongoClient(
         settings.mongo_url,
         tz_aware=True,
         serverSelectionTimeoutMS=MONGO_SERVER_SELECTION_TIMEOUT_MS,
+        journal=True,
     )
 
 

@@ -237,8 +237,11 @@ class Projector:
             self.applied.advance(self._position)
 
     async def _reload_position(self) -> None:
-        """After a storage failure trust the store, not memory: a store that crashed may have
-        lost acknowledged writes; `meta` is written last, so it never claims a lost one."""
+        """After a storage failure trust the store, not memory: `meta` is written last, so it
+        never claims a write the store does not hold. (Writes are journaled and the embedded
+        store syncs each commit, so a crash keeps what it acknowledged; a store that lost
+        acknowledged writes would have had the next batch written on top of the older
+        documents before `meta` told, and their fences refuse the lost events: rebuild then.)"""
         stored = await self._stored_position()
         if stored is None:
             return
@@ -261,9 +264,9 @@ class Projector:
         return None
 
     async def _reset_to(self, stored: int) -> None:
-        """The store went back to `stored`. Documents of a store that lost writes still
-        reflect a prefix of their events, so re-applying from `stored` is exact. A store with
-        no position at all was dropped: whatever a batch wrote since is not a prefix (a
+        """The store went back to `stored` (restored, or it lost writes): re-apply from there,
+        exact as long as nothing was written on top of the older documents meanwhile. A store
+        with no position at all was dropped: whatever a batch wrote since is not a prefix (a
         customer created from its latest order only), so start from empty."""
         if stored == 0:
             log.warning("the read model was dropped: refilling it from the log")
