@@ -6,9 +6,8 @@ the rate at which any projector can keep the commit-to-visible lag flat, whateve
 the pipeline does. This measures it with nothing else in the way: the events of the copied log
 are projected and folded per batch (`project`, `coalesce`: the very writes the projector sends
 for a batch of that size) before the clock starts; then only the `bulk_write` calls run, one
-per collection and batch, ordered, each batch in one transaction as the projector sends it
-(without, on a server that has none), into a scratch database with the read model's indexes.
-No broker, no decoding, no applied position, no acks.
+per collection and batch, ordered, into a scratch database with the read model's indexes. No
+broker, no decoding, no applied position, no acks.
 
 Expressed as events/s and orders/s (OrderPlaced events in the replayed log / seconds).
 """
@@ -21,7 +20,6 @@ from typing import Any
 
 import asyncpg
 from pymongo import AsyncMongoClient, InsertOne, UpdateOne
-from pymongo.errors import OperationFailure
 
 from app.contracts.eventlog import fetch_after
 from app.contracts.readmodel import COLLECTIONS, ensure_indexes
@@ -82,20 +80,8 @@ async def run(
     db = mongo[scratch_db]
     await ensure_indexes(db)
     started = time.perf_counter()
-    async with mongo.start_session() as session:
-        in_transactions = True
-        for batch in batches:
-            if in_transactions:
-                try:
-                    async with await session.start_transaction():
-                        for name, operations in batch:
-                            await db[name].bulk_write(operations, ordered=True, session=session)
-                    continue
-                except OperationFailure as exc:
-                    if exc.code not in readmodel.NO_TRANSACTION_CODES:
-                        raise
-                    in_transactions = False
-            for name, operations in batch:
-                await db[name].bulk_write(operations, ordered=True)
+    for batch in batches:
+        for name, operations in batch:
+            await db[name].bulk_write(operations, ordered=True)
     seconds = time.perf_counter() - started
     return ReadStoreFigures(events=events, orders=orders, batch_size=batch_size, seconds=seconds)

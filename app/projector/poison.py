@@ -23,7 +23,6 @@ from pymongo.errors import (
     ConnectionFailure,
     ExecutionTimeout,
     OperationFailure,
-    PyMongoError,
     WTimeoutError,
 )
 
@@ -41,16 +40,8 @@ log = logging.getLogger(__name__)
 _TRANSIENT_CODES: Final = frozenset({6, 7, 50, 89, 91, 189, 262, 9001, 10107, 11600, 11602, 13435})
 
 
-# Labels a server or the driver put on a transaction's error: it conflicted with another
-# writer, or its commit may not have happened; the whole batch is retried (it is fenced).
-_TRANSIENT_LABELS: Final = ("TransientTransactionError", "UnknownTransactionCommitResult")
-
-
 def is_transient(exc: BaseException) -> bool:
-    """Whether retrying the same writes later can succeed (a dependency is down or slow, or a
-    transaction met another writer)."""
-    if isinstance(exc, PyMongoError) and any(map(exc.has_error_label, _TRANSIENT_LABELS)):
-        return True
+    """Whether retrying the same writes later can succeed (a dependency is down or slow)."""
     if isinstance(exc, BulkWriteError):
         details = exc.details or {}
         codes = {e.get("code") for e in details.get("writeErrors", [])}

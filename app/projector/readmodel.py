@@ -1,25 +1,16 @@
 """Writing the read model: fenced batch writes, then the applied position (names and indexes:
-app/contracts/readmodel.py; full rebuilds: app/projector/rebuild.py).
-
-A batch and its applied position are one multi-document transaction wherever the server runs
-them (SecantusDB does, standalone too; a `mongod` as a replica set): one commit, so one log
-sync on a store synced on commit instead of one per document, and all or nothing, so a batch
-whose `meta` check fails leaves no write behind. A server without transactions (a standalone
-`mongod`) is remembered per client and gets the same writes without one, journaled.
-"""
+app/contracts/readmodel.py; full rebuilds: app/projector/rebuild.py)."""
 
 from __future__ import annotations
 
 import asyncio
-import weakref
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
-from pymongo import AsyncMongoClient, InsertOne, UpdateOne
-from pymongo.asynchronous.client_session import AsyncClientSession
+from pymongo import InsertOne, UpdateOne
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import BulkWriteError, DuplicateKeyError, OperationFailure
+from pymongo.errors import BulkWriteError, DuplicateKeyError
 
 from app.contracts.generations import FROZEN_UNTIL, SUPERSEDED_BY, meta_of, writable
 from app.contracts.readmodel import COLLECTIONS, META, META_ID, Document
@@ -69,75 +60,27 @@ async def apply_events(
     through: int | None = None,
 ) -> None:
     """Write `events` (in position order) to the documents, then store `through` (default: the
-    last event's position) as applied, in one transaction where the server has them (above).
-    Idempotent: re-applying any prefix of the log changes nothing. With `expected` (the
-    position the caller applied before), raises ReadModelLost when `meta` no longer holds at
-    least that. Raises PyMongoError (connection, timeout, a transaction's conflict) with, out
-    of a transaction, some writes possibly done: retry it. Raises InvalidEventData, or
-    whatever a projection or the store raises, for an event that cannot be applied
-    (app/projector/poison.py); what was written before is fenced, so applying it all again
-    later stays exact."""
+    last event's position) as applied. Idempotent: re-applying any prefix of the log changes
+    nothing. With `expected` (the position the caller applied before), raises ReadModelLost
+    when `meta` no longer holds at least that. Raises PyMongoError (connection, timeout) with
+    some writes possibly done: retry it. Raises InvalidEventData, or whatever a projection or
+    the store raises, for an event that cannot be applied (app/projector/poison.py); what was
+    written before is fenced, so applying it all again later stays exact."""
     if through is None:
         if not events:
             return
         through = events[-1].position
-    client = db.client
-    if client not in _NO_TRANSACTIONS:
-        try:
-            await _apply_in_transaction(db, events, expected, through)
-            return
-        except OperationFailure as exc:
-            if exc.code not in NO_TRANSACTION_CODES:
-                raise
-            _NO_TRANSACTIONS.add(client)
     await write_documents(db, events)
-    await _advance(db, through, expected)
-
-
-# Clients whose server runs no multi-document transactions: batches go without one.
-_NO_TRANSACTIONS: weakref.WeakSet[AsyncMongoClient[Document]] = weakref.WeakSet()
-# IllegalOperation: "Transaction numbers are only allowed on a replica set member or mongos"
-NO_TRANSACTION_CODES = frozenset({20})
-
-
-class _Refused(Exception):
-    """A merged write was refused inside a transaction, which the server then aborted: the
-    batch goes again, one fenced write per event."""
-
-
-async def _apply_in_transaction(
-    db: AsyncDatabase[Document], events: Sequence[Decoded], expected: int | None, through: int
-) -> None:
-    async with db.client.start_session() as session:
-        try:
-            async with await session.start_transaction():
-                await write_documents(db, events, session)
-                await _advance(db, through, expected, session)
-        except _Refused:  # a redelivery met documents past the batch's start (aborted)
-            async with await session.start_transaction():
-                await write_documents(db, events, session, per_event=True)
-                await _advance(db, through, expected, session)
-
-
-async def _advance(
-    db: AsyncDatabase[Document],
-    through: int,
-    expected: int | None,
-    session: AsyncClientSession | None = None,
-) -> None:
-    """Store `through` as applied if `meta` still holds `expected` and is writable."""
     advance = {"$max": {"position": through}}
     now = datetime.now(UTC)
     if not expected:
         try:
-            await db[META].update_one(
-                {"_id": META_ID, **writable(now)}, advance, upsert=True, session=session
-            )
+            await db[META].update_one({"_id": META_ID, **writable(now)}, advance, upsert=True)
         except DuplicateKeyError:  # it exists, and does not match: frozen or superseded
             raise GenerationMoving.of(await meta_of(db)) from None
         return
     moved = await db[META].update_one(
-        {"_id": META_ID, "position": {"$gte": expected}, **writable(now)}, advance, session=session
+        {"_id": META_ID, "position": {"$gte": expected}, **writable(now)}, advance
     )
     if moved.matched_count == 0:
         meta = await meta_of(db)
@@ -146,37 +89,20 @@ async def _advance(
         raise ReadModelLost(f"the read model no longer holds position {expected}")
 
 
-async def write_documents(
-    db: AsyncDatabase[Document],
-    events: Sequence[Decoded],
-    session: AsyncClientSession | None = None,
-    *,
-    per_event: bool = False,
-) -> None:
+async def write_documents(db: AsyncDatabase[Document], events: Sequence[Decoded]) -> None:
     """The document writes of `events`, without moving the applied position (`apply_events`;
-    also a held stream's release, app/operations/parked.py). Raises as `apply_events` does.
-    In `session`'s transaction the collections go in turn (a session runs one operation at a
-    time), and a merged write the server refuses raises `_Refused` (the transaction is
-    aborted); `per_event` sends one fenced write per event from the start."""
+    also a held stream's release, app/operations/parked.py). Raises as `apply_events` does."""
     invalid = [e.position for e in events if e.skipped == "invalid-data"]
     if invalid:
         raise InvalidEventData.at(invalid[0])
     writes = [w for e in events if e.data is not None for w in project(e.envelope, e.data)]
     by_collection = {name: [w for w in writes if w.collection == name] for name in COLLECTIONS}
-    batches = {name: batch for name, batch in by_collection.items() if batch}
-    if session is not None:
-        for name, batch in batches.items():
-            if per_event:
-                await write_ordered(db[name], batch, session)
-            else:
-                await _write_collection(db[name], batch, session)
-        return
     # The collections at once: each write is fenced on its own, so their order does not
     # matter. On the Rust SecantusDB server this absorbs 30-40 % more events per second than
     # the same writes in turn, for batches of 16 to 256 events (docs/benchmarks.md; on its
     # Python server it was ~30 % fewer). The first failure is raised once all have ended.
     outcomes = await asyncio.gather(
-        *(_write_collection(db[name], batch) for name, batch in batches.items()),
+        *(_write_collection(db[name], batch) for name, batch in by_collection.items() if batch),
         return_exceptions=True,
     )
     for outcome in outcomes:
@@ -184,33 +110,21 @@ async def write_documents(
             raise outcome
 
 
-async def _write_collection(
-    collection: AsyncCollection[Document],
-    writes: list[Write],
-    session: AsyncClientSession | None = None,
-) -> None:
+async def _write_collection(collection: AsyncCollection[Document], writes: list[Write]) -> None:
     """One write per document (see app.projector.coalescing), each an update pipeline found by
     `_id` alone (app.projector.pipelines); if any document was already past the batch's start
     (its merged fence did not hold, so it changed nothing), fall back to one fenced write per
-    event, which is always right. In a transaction, a refused merged write (an insert meeting
-    an existing document) has aborted it: raises `_Refused` for the caller to start again."""
+    event, which is always right."""
     merged = coalesce(writes)
     try:
-        result = await collection.bulk_write(
-            [fast_operation(w) for w in merged], ordered=True, session=session
-        )
+        result = await collection.bulk_write([fast_operation(w) for w in merged], ordered=True)
         done = result.inserted_count + result.modified_count + result.upserted_count
         if done == len(merged):
             return
     except BulkWriteError as exc:
-        if exc.details.get("writeConcernErrors") or exc.has_error_label(_TRANSIENT_LABEL):
+        if exc.details.get("writeConcernErrors"):
             raise
-        if session is not None:
-            raise _Refused from exc
-    await write_ordered(collection, writes, session)
-
-
-_TRANSIENT_LABEL = "TransientTransactionError"  # a conflict with another writer: retry it all
+    await write_ordered(collection, writes)
 
 
 def fast_operation(write: Write) -> InsertOne[Document] | UpdateOne:
@@ -222,15 +136,10 @@ def fast_operation(write: Write) -> InsertOne[Document] | UpdateOne:
     return pipelines.operation(write)
 
 
-async def write_ordered(
-    collection: AsyncCollection[Document],
-    writes: Sequence[Write],
-    session: AsyncClientSession | None = None,
-) -> None:
+async def write_ordered(collection: AsyncCollection[Document], writes: Sequence[Write]) -> None:
     """One fenced update per event, in order: a write already applied changes nothing. Raises
     BulkWriteError for a real refusal (say, a second product with the same sku)."""
-    operations = [pipelines.operation(w) for w in writes]
-    await collection.bulk_write(operations, ordered=True, session=session)
+    await collection.bulk_write([pipelines.operation(w) for w in writes], ordered=True)
 
 
 async def drop(db: AsyncDatabase[Document]) -> None:

@@ -72,20 +72,12 @@ async def test_applying_any_prefix_twice_equals_once(
         assert await snapshot(mongo_db) == once, f"a shorter prefix re-applied after {k}"
 
 
-@pytest.mark.parametrize("sent", ["in a transaction", "without transactions"])
 async def test_batches_equal_one_event_at_a_time_even_after_a_partial_batch(
-    fresh_database_url: str,
-    mongo_db: AsyncDatabase[Document],
-    rng: random.Random,
-    monkeypatch: pytest.MonkeyPatch,
-    sent: str,
+    fresh_database_url: str, mongo_db: AsyncDatabase[Document], rng: random.Random
 ) -> None:
     """Batches fold each document's writes into one (app.projector.coalescing); a batch that
     finds documents already partly through it (a crash mid-batch, then redelivery) must still
-    end exactly where applying one event at a time ends. Both ways a batch goes to the store:
-    in a transaction (this store), and without (a server that has none)."""
-    if sent == "without transactions":
-        monkeypatch.setattr(readmodel, "_NO_TRANSACTIONS", _Everyone())
+    end exactly where applying one event at a time ends."""
     events = decoded(await make_history(fresh_database_url, rng))
     await ensure_indexes(mongo_db)
     for event in events:
@@ -103,34 +95,6 @@ async def test_batches_equal_one_event_at_a_time_even_after_a_partial_batch(
         await readmodel.apply_events(mongo_db, events[start:end])
         await _apply_in_batches(mongo_db, events[end:], rng)
         assert await snapshot(mongo_db) == reference, (start, crashed_at, end)
-    in_transactions = mongo_db.client not in readmodel._NO_TRANSACTIONS
-    assert in_transactions == (sent == "in a transaction")
-
-
-class _Everyone:
-    """A set that holds every client: no server runs transactions."""
-
-    def __contains__(self, client: object) -> bool:
-        return True
-
-    def add(self, client: object) -> None:
-        pass
-
-
-async def test_a_batch_whose_position_check_fails_writes_nothing(
-    fresh_database_url: str, mongo_db: AsyncDatabase[Document], rng: random.Random
-) -> None:
-    """A batch and its `meta` are one transaction: when `meta` no longer holds what the writer
-    applied (the store went back), the batch's document writes are undone with it, so nothing
-    is ever written on top of older documents (docs/architecture.md §6)."""
-    events = decoded(await make_history(fresh_database_url, rng))
-    half = len(events) // 2
-    await ensure_indexes(mongo_db)
-    await _apply_in_batches(mongo_db, events[:half], rng)
-    before = await snapshot(mongo_db)
-    with pytest.raises(readmodel.ReadModelLost):
-        await readmodel.apply_events(mongo_db, events[half:], expected=events[-1].position)
-    assert await snapshot(mongo_db) == before
 
 
 async def test_a_rebuild_in_chunks_equals_the_projector(

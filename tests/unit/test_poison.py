@@ -26,15 +26,6 @@ from app.projector.readmodel import InvalidEventData, ReadModelLost
         ExecutionTimeout("operation exceeded time limit", code=50),
         OperationFailure("interrupted at shutdown", code=11600),
         BulkWriteError({"writeErrors": [], "writeConcernErrors": [{"code": 64}]}),
-        # a transaction that met another writer, or whose commit may not have happened
-        OperationFailure("write conflict", 112, {"errorLabels": ["TransientTransactionError"]}),
-        BulkWriteError(
-            {
-                "writeErrors": [{"index": 0, "code": 112}],
-                "errorLabels": ["TransientTransactionError"],
-            }
-        ),
-        OperationFailure("commit?", 50, {"errorLabels": ["UnknownTransactionCommitResult"]}),
         ReadModelLost("meta is gone"),
         OSError("connection refused"),
     ],
