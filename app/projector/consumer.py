@@ -273,7 +273,12 @@ class Projector:
             await readmodel.drop(self._model.db)
             await ensure_indexes(self._model.db)
         else:
-            log.warning("the read model lost writes: re-applying from position %d", stored)
+            log.warning(
+                "the read model went back to position %d: re-applying from there (unless it"
+                " was restored, the store lost acknowledged writes: verify it, and rebuild it"
+                " if it differs)",
+                stored,
+            )
         self._position = stored
 
     async def _park(
