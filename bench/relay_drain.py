@@ -174,7 +174,7 @@ def main() -> None:
     print(
         f"relay drain: {figures['relay_events_per_s']} events/s;"
         f" raw aiormq ceiling: {figures['raw_publish_events_per_s']} events/s;"
-        f" ratio {figures['ratio']} (target >= 0.8); {figures['events']} events,"
+        f" ratio {figures['ratio']} (target >= 0.9); {figures['events']} events,"
         f" window {figures['confirm_window']}"
     )
 

@@ -169,7 +169,7 @@ def rows(r: dict[str, Any]) -> list[Row]:
             f"{relay['relay_events_per_s']} events/s",
             f"{relay['raw_publish_events_per_s']} events/s (raw aiormq)",
             f"{relay['ratio']:.2f}",
-            f">= 0.80 {_verdict(relay['ratio'] >= 0.8)}",
+            f">= 0.90 {_verdict(relay['ratio'] >= 0.9)}",
         ),
         (
             "read-model rebuild",
@@ -183,7 +183,7 @@ def rows(r: dict[str, Any]) -> list[Row]:
             f"{go['app_per_s']:.0f} req/s, p99 {go['app_p99_ms']:.1f} ms",
             f"{go['bare_per_s']:.0f} req/s, p99 {go['bare_p99_ms']:.1f} ms (bare)",
             f"{go['ratio']:.2f}",
-            f">= 0.70 {_verdict(go['ratio'] >= 0.7)}",
+            f">= 0.85 {_verdict(go['ratio'] >= 0.85)}",
         ),
         *_product_cache_rows(r),
         (
