@@ -12,8 +12,11 @@ fence inside it: app/projector/pipelines.py.)
 Pure: no I/O, and no input is changed: a merged update is built fresh (new operator and field
 dicts; values are shared and never mutated), far cheaper than deep copies. Updates use only
 $set, $inc, $push, $max and $setOnInsert; a write that cannot be merged into its document's
-pending one (say, an $inc of a field set only on insert) starts a new write for that document,
-after the pending one.
+pending one (say, an $inc of a field set only on insert to a non-zero value) starts a new write
+for that document, after the pending one. Two writes to one document are not independent: the
+later one's fence may hold where the earlier one's did not (per-stream fences), and it would
+then apply ahead of the events the earlier one carried, so the caller sends such a batch one
+write per event instead (app/projector/readmodel.py).
 """
 
 from __future__ import annotations
@@ -128,11 +131,8 @@ def _fold_max(result: Update, sets: dict[str, Any], name: str, value: Any) -> bo
 
 
 def _fold_set_on_insert(result: Update, sets: dict[str, Any], name: str, value: Any) -> bool:
-    if name in sets:
-        return True  # the document exists after the first write: no insert, the $set stands
-    if any(name in result.get(op, {}) for op in ("$inc", "$push", "$max")):
-        return False
-    result.setdefault("$setOnInsert", {}).setdefault(name, value)
+    # A later $setOnInsert never applies: an upsert only joins a pending upsert (`coalesce`),
+    # so the document exists after the pending write, whether it found one or inserted it.
     return True
 
 

@@ -114,8 +114,12 @@ async def _write_collection(collection: AsyncCollection[Document], writes: list[
     """One write per document (see app.projector.coalescing), each an update pipeline found by
     `_id` alone (app.projector.pipelines); if any document was already past the batch's start
     (its merged fence did not hold, so it changed nothing), fall back to one fenced write per
-    event, which is always right."""
+    event, which is always right. So does a batch with two merged writes for one document
+    (app.projector.coalescing): the later one could apply where the earlier did not."""
     merged = coalesce(writes)
+    if len({w.filter["_id"] for w in merged}) < len(merged):
+        await write_ordered(collection, writes)
+        return
     try:
         result = await collection.bulk_write([fast_operation(w) for w in merged], ordered=True)
         done = result.inserted_count + result.modified_count + result.upserted_count

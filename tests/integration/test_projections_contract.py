@@ -21,7 +21,9 @@ from app.contracts.readmodel import COLLECTIONS, META, applied_position, ensure_
 from app.plumbing.settings import Settings
 from app.projector import readmodel
 from app.projector import rebuild as rebuild_module
+from app.projector.coalescing import coalesce
 from app.projector.deliveries import Decoded
+from app.projector.documents import Write
 from app.projector.rebuild import rebuild
 from tests.support.histories import decoded, make_history
 
@@ -95,6 +97,33 @@ async def test_batches_equal_one_event_at_a_time_even_after_a_partial_batch(
         await readmodel.apply_events(mongo_db, events[start:end])
         await _apply_in_batches(mongo_db, events[end:], rng)
         assert await snapshot(mongo_db) == reference, (start, crashed_at, end)
+
+
+async def test_a_later_write_of_a_document_never_applies_ahead_of_an_earlier_one(
+    mongo_db: AsyncDatabase[Document],
+) -> None:
+    """A batch whose writes to one document do not fold into one write (here a $setOnInsert
+    of 5 then an $inc of that field) goes one write per event: the earlier merged write finds
+    its fence closed (event x1 was applied before a crash), and the later one, whose fence
+    holds, must not apply order y's second event before its first. Seen with a real history
+    (TEST_SEED=3430284720): a customer's order_count one short."""
+    customers = mongo_db["customers"]
+    await customers.insert_one({"_id": "c", "applied": {"x": 1}, "n": 0, "k": 1})
+
+    def event(stream: str, version: int, update: dict[str, Any], upsert: bool = False) -> Write:
+        fence = {"_id": "c", f"applied.{stream}": {"$not": {"$gte": version}}}
+        return Write("customers", fence, {**update, "$set": {f"applied.{stream}": version}}, upsert)
+
+    writes = [
+        event("x", 1, {"$setOnInsert": {"n": 5}, "$inc": {"k": 1}}, upsert=True),
+        event("y", 1, {"$inc": {"k": 10}}),
+        event("y", 2, {"$inc": {"n": 1}}),
+    ]
+    assert len(coalesce(writes)) == 2
+    await readmodel._write_collection(customers, writes)
+    assert await customers.find_one({"_id": "c"}) == {
+        "_id": "c", "applied": {"x": 1, "y": 2}, "n": 1, "k": 11,
+    }  # fmt: skip
 
 
 async def test_a_rebuild_in_chunks_equals_the_projector(

@@ -58,6 +58,20 @@ def test_an_inc_joins_a_zero_set_on_insert() -> None:
     assert merged == [_w({"$inc": {"n": 1, "spent": 300}, "$max": {"last": 7}}, upsert=True)]
 
 
+def test_a_later_set_on_insert_never_applies_so_it_never_splits_a_write() -> None:
+    """The pending upsert leaves the document existing, so a later upsert's $setOnInsert is a
+    no-op: it joins (it used to start a second write, which could apply on its own)."""
+    placed = _w({"$inc": {"n": 1}, "$setOnInsert": {"spent": 0}}, upsert=True)
+    merged = coalesce(
+        [
+            placed,
+            _w({"$inc": {"spent": 300}}, fence=2),
+            placed._replace(filter={"_id": "p1", "version": {"$lt": 3}}),
+        ]
+    )
+    assert merged == [_w({"$inc": {"n": 2, "spent": 300}}, upsert=True)]
+
+
 def test_an_upsert_never_joins_a_plain_update() -> None:
     writes = [_w({"$inc": {"spent": 5}}), _w({"$inc": {"n": 1}}, upsert=True, fence=2)]
     assert coalesce(writes) == writes
