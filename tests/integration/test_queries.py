@@ -11,6 +11,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -453,6 +454,7 @@ async def test_a_hung_mongo_is_503_within_the_read_timeout(serve: Serve) -> None
             assert (await http.get(order)).status_code == 404  # connected, and answering
             os.kill(store.pid, signal.SIGSTOP)
             try:
+                await _until_stopped(store.pid)
                 started = time.monotonic()
                 response = await http.get(order)
                 elapsed = time.monotonic() - started
@@ -464,6 +466,26 @@ async def test_a_hung_mongo_is_503_within_the_read_timeout(serve: Serve) -> None
             assert (await http.get(order)).status_code == 404
         finally:
             await client.close()
+
+
+async def _until_stopped(pid: int, within_s: float = 5.0) -> None:
+    """Until every thread of `pid` has taken its SIGSTOP (one in a system call, say an fsync,
+    stops only when it returns): before that, a read may still be answered."""
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline:
+        if all(state in ("T", "t") for state in _thread_states(pid)):
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"process {pid} did not stop within {within_s} s")
+
+
+def _thread_states(pid: int) -> list[str]:
+    """The scheduler state of each thread of `pid` (/proc: R, S, D, T, ...)."""
+    tasks = Path(f"/proc/{pid}/task")
+    return [
+        (task / "stat").read_text(encoding="ascii").rsplit(")", 1)[1].split()[0]
+        for task in tasks.iterdir()
+    ]
 
 
 class _Applied:
