@@ -262,9 +262,11 @@ def create_app(settings: Settings, *, settle_gc: bool = False) -> Starlette:
                 await tasks.stop()
 
     app = Starlette(
+        # Starlette tries routes in turn: the reads, the most frequent requests, go first
+        # (no read and command share a method and path, so the order decides nothing else)
         routes=[
-            *command_routes(),
             *query_routes(),
+            *command_routes(),
             *stream_routes(),
             *health.routes(),
             *dashboard.routes(),

@@ -189,6 +189,10 @@ class RequestTimer:
 
     def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
         self._app, self._metrics = app, metrics
+        # the labelled child of each (method, route, status): `labels()` costs more than the
+        # observation itself; bounded, since the parser knows a fixed set of methods and
+        # `route_of` gives templates only
+        self._timers: dict[tuple[str, str, int], Histogram] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -205,6 +209,9 @@ class RequestTimer:
         try:
             await self._app(scope, receive, send_status)
         finally:
-            self._metrics.requests.labels(scope["method"], route_of(scope), str(status)).observe(
-                time.perf_counter() - started
-            )
+            elapsed = time.perf_counter() - started
+            key = (scope["method"], route_of(scope), status)
+            timer = self._timers.get(key)
+            if timer is None:
+                timer = self._timers[key] = self._metrics.requests.labels(*key[:2], str(status))
+            timer.observe(elapsed)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import uuid
 from collections.abc import Iterable
 from typing import Final, cast
 
@@ -44,10 +43,10 @@ class QueryArgs:
 
     def __init__(self, params: QueryParams, known: Iterable[str]) -> None:
         self._params = params
-        self._known = frozenset(known) | {"after"}
+        names = frozenset(known) | {"after"} if params else ()
         for name in params:
             base = name.split("[", 1)[0]
-            if base != name and base in self._known:
+            if base != name and base in names:
                 raise invalid_parameter(name, f"use plain {base}=<value>")
 
     def text(self, name: str) -> str | None:
@@ -85,7 +84,7 @@ def uuid_id(raw: str, what: str) -> str:
     since no such resource can exist."""
     if not _UUID.fullmatch(raw):
         raise NotFound(f"no {what} {raw!r}")
-    return str(uuid.UUID(raw))
+    return raw.lower()  # the whole hyphenated form, so its canonical text
 
 
 def customer_id(raw: str) -> str:

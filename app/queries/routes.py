@@ -14,6 +14,7 @@ from typing import Any, Final
 
 import msgspec
 from pymongo.errors import ConnectionFailure, PyMongoError
+from starlette.datastructures import QueryParams
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -38,6 +39,8 @@ from app.queries.waiting import Waiter, wait_until_applied
 log = logging.getLogger(__name__)
 
 READ_POSITION: Final = "X-Read-Position"
+_READ_POSITION_KEY: Final = READ_POSITION.lower().encode("latin-1")
+_NO_PARAMS: Final = QueryParams()
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,7 +125,8 @@ def _query(read: Endpoint, known: Iterable[str] = ()) -> Callable[[Request], Awa
         context: QueryContext = request.app.state.queries
         reading: Reading | None = None
         try:
-            reading = Reading(context, QueryArgs(request.query_params, known))
+            params = request.query_params if request.scope["query_string"] else _NO_PARAMS
+            reading = Reading(context, QueryArgs(params, known))
             reading.args.after()  # a bad `after` is refused like any other parameter
             response = await read(request, reading)
         except Problem as problem:
@@ -130,7 +134,8 @@ def _query(read: Endpoint, known: Iterable[str] = ()) -> Callable[[Request], Awa
             raise
         except PyMongoError as exc:
             raise _unavailable(exc, context.waiter.current) from None
-        response.headers[READ_POSITION] = str(_read_at(context, reading))
+        # appended, not set: no endpoint sets it (a MutableHeaders would search for it first)
+        response.raw_headers.append((_READ_POSITION_KEY, str(_read_at(context, reading)).encode()))
         return response
 
     endpoint.__name__ = read.__name__
