@@ -55,6 +55,10 @@ class LocalStore:
         # on disk, and a crash (SIGKILL) brings it back without writes it acknowledged; the
         # projector relies on acknowledged writes being durable (docs/architecture.md §6).
         self._command = [*(rust or [sys.executable, "-m", "secantus"]), "--sync-on-commit"]
+        # No oplog: it only feeds change streams, which nothing here uses, and the Rust
+        # server's pruning of it past its cap (100 000 entries, reached within minutes under
+        # load) halves its write rate from then on (docs/benchmarks.md).
+        self._env = {**os.environ, "SECANTUS_DISABLE_OPLOG": "1"}
         self._process: subprocess.Popen[bytes] | None = None
         self._output: IO[bytes] | None = None
 
@@ -77,7 +81,11 @@ class LocalStore:
         args = [*self._command, "--port", str(self.port), "--storage-path", self.storage]
         # its own session: a Ctrl-C reaches only its owner, which stops it last
         self._process = subprocess.Popen(  # noqa: S603 - our own server, fixed arguments
-            args, stdout=self._output, stderr=subprocess.STDOUT, start_new_session=True
+            args,
+            stdout=self._output,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env=self._env,
         )
         deadline = time.monotonic() + within_s
         while not self._accepts():
