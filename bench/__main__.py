@@ -54,17 +54,18 @@ async def _start_app(st: Stack, pool: asyncpg.Pool, db: AsyncDatabase[dict[str, 
 
 
 async def _read_side(st: Stack, port: int, ids: list[str], plan: Plan, out: dict[str, Any]) -> None:
-    """The app and the bare endpoint in turn, twice each, so that a machine getting busier or
-    quieter during the scenario weighs on both alike."""
+    """The app and the bare endpoint in turn, four times each (quick: twice), so that a machine
+    getting busier or quieter during the scenario weighs on both alike."""
     bare, bare_port = await st.serve("bench.bare_app")
     progress("GET /orders/{id}: app and bare Starlette, in turn")
     targets = {"app": port, "bare": bare_port}
     results: dict[str, list[LoadResult]] = {name: [] for name in targets}
     for target in targets.values():
         await scenarios.get_orders(target, ids, 1.0)
-    for _ in range(2):
+    rounds = 2 if plan.quick else 4
+    for _ in range(rounds):
         for name, target in targets.items():
-            result = await scenarios.get_orders(target, ids, plan.read_s / 2)
+            result = await scenarios.get_orders(target, ids, plan.read_s / rounds)
             if result.ok == 0:
                 raise RuntimeError(f"GET /orders/{{id}} on {name}: {dict(result.statuses)}")
             results[name].append(result)
