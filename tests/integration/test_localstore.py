@@ -49,6 +49,21 @@ async def test_the_rust_server_is_the_default_when_installed(mongo_url: str) -> 
     await _round_trip(mongo_url)
 
 
+@pytest.mark.skipif(rust_server() is None, reason="secantusd-rs is not installed")
+async def test_the_store_keeps_no_oplog() -> None:
+    """Nothing reads it (no change streams), and pruning it past its cap halved the store's
+    write rate (docs/benchmarks.md). With the server's default, these writes leave 2 entries."""
+    with LocalStore() as store:
+        client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(store.url)
+        try:
+            things = client["localstore_test"]["things"]
+            await things.insert_one({"_id": 1})
+            await things.update_one({"_id": 1}, {"$set": {"n": 2}})
+            assert await client["local"]["oplog.rs"].count_documents({}) == 0
+        finally:
+            await client.close()
+
+
 @pytest.mark.slow
 async def test_a_store_restarts_on_its_port_and_storage() -> None:
     """Stopped, it keeps its data; killed (a crash), it comes back on the same port."""
