@@ -8,8 +8,10 @@ never the settings they are made from.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Final
@@ -22,6 +24,8 @@ from pymongo.asynchronous.database import AsyncDatabase
 
 from app.plumbing.settings import Settings
 
+log = logging.getLogger(__name__)
+
 BrokerConnect = Callable[[], Awaitable[aiormq.abc.AbstractConnection]]
 # a dedicated PostgreSQL session (not pooled), bounded by the given connect timeout in seconds
 PostgresConnect = Callable[[float], Awaitable[asyncpg.Connection]]
@@ -33,6 +37,26 @@ async def connect_broker(settings: Settings) -> aiormq.abc.AbstractConnection:
     """One AMQP connection; raises aiormq.AMQPConnectionError or OSError when unreachable."""
     connection: aiormq.abc.AbstractConnection = await aiormq.connect(settings.amqp_url)
     return connection
+
+
+BROKER_CLOSE_TIMEOUT_S: Final = 5.0
+_CLOSE_FAILURES: Final = (
+    OSError,
+    TimeoutError,
+    RuntimeError,
+    aiormq.exceptions.AMQPError,
+    aiormq.exceptions.ChannelInvalidStateError,
+)
+
+
+async def close_broker(connection: aiormq.abc.AbstractConnection) -> None:
+    """Close a connection being given up: at most BROKER_CLOSE_TIMEOUT_S for the broker's
+    Close-Ok (a broker that never answers must not hold a shutdown or a reconnect), and a
+    failure is logged, not raised."""
+    try:
+        await asyncio.wait_for(connection.close(), BROKER_CLOSE_TIMEOUT_S)
+    except _CLOSE_FAILURES as exc:
+        log.debug("closing the broker connection failed: %r", exc)
 
 
 async def connect_postgres(settings: Settings, timeout_s: float) -> asyncpg.Connection:

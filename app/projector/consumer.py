@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -23,7 +22,7 @@ from app.contracts.readmodel import ensure_indexes
 from app.contracts.topology import Topology
 from app.plumbing.backoff import Backoff
 from app.plumbing.failures import POSTGRES_FAILURES
-from app.plumbing.resources import BrokerConnect
+from app.plumbing.resources import BrokerConnect, close_broker
 from app.plumbing.tracing import start_span
 from app.projector import readmodel
 from app.projector.applied import AppliedPosition
@@ -146,8 +145,7 @@ class Projector:
                     await self._retry(self._repair_stall)
         finally:
             self.connected = False
-            with contextlib.suppress(*_DISCONNECTED, OSError):
-                await connection.close()
+            await close_broker(connection)
 
     async def _handle(self, channel: aiormq.abc.AbstractChannel, batch: list[Message]) -> None:
         """Apply the batch (retrying until it is stored) and wake the readers waiting for it,

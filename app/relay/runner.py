@@ -26,7 +26,7 @@ import aiormq.exceptions
 
 from app.contracts.topology import Topology, declare_topology
 from app.plumbing.backoff import Backoff
-from app.plumbing.resources import BrokerConnect, PostgresConnect
+from app.plumbing.resources import BrokerConnect, PostgresConnect, close_broker
 from app.relay.gaps import GapProof, GapTracker
 from app.relay.publisher import ConfirmWindow, PublishFailed
 from app.relay.session import RelaySession, SessionFailed
@@ -196,7 +196,7 @@ class Relay:
         finally:
             self.connected = False
             self.broker_connection = None
-            await _close_quietly(connection)
+            await close_broker(connection)
 
     async def _pump(
         self,
@@ -309,10 +309,3 @@ async def _first_failure(*coroutines: Coroutine[Any, Any, None]) -> None:
         await asyncio.gather(*tasks, return_exceptions=True)
     for task in done:
         task.result()
-
-
-async def _close_quietly(connection: aiormq.abc.AbstractConnection) -> None:
-    try:
-        await asyncio.wait_for(connection.close(), 5)
-    except (*_BROKER_ERRORS, RuntimeError) as exc:
-        log.debug("closing the broker connection failed: %r", exc)
