@@ -59,23 +59,17 @@ class LoggedEvent(msgspec.Struct, frozen=True):
         )
 
 
-# each field of LoggedEvent read from `events`
-_COLUMNS: Final = {
-    "position": "position",
-    "event_id": "event_id",
-    "type": "type",
-    "schema_version": "schema_version",
-    "stream_type": "stream_type",
-    "stream_id": "stream_id",
-    "stream_version": "stream_version",
-    "occurred_at": "occurred_at",
+# the fields of LoggedEvent that are not a column of `events` of the same name
+_EXPRESSIONS: Final = {
     "correlation_id": "metadata->>'correlation_id'",
     "data": "data::text",
     "traceparent": "metadata->>'traceparent'",
 }
 _SELECT: Final = (
     "SELECT "
-    + ", ".join(f"{_COLUMNS[field]} AS {field}" for field in LoggedEvent.__struct_fields__)
+    + ", ".join(
+        f"{_EXPRESSIONS.get(field, field)} AS {field}" for field in LoggedEvent.__struct_fields__
+    )
     + " FROM events"
 )
 

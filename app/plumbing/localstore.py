@@ -55,10 +55,6 @@ class LocalStore:
         # on disk, and a crash (SIGKILL) brings it back without writes it acknowledged; the
         # projector relies on acknowledged writes being durable (docs/architecture.md §6).
         self._command = [*(rust or [sys.executable, "-m", "secantus"]), "--sync-on-commit"]
-        # No oplog: it only feeds change streams, which nothing here uses, and the Rust
-        # server's pruning of it past its cap (100 000 entries, reached within minutes under
-        # load) halves its write rate from then on (docs/benchmarks.md).
-        self._env = {**os.environ, "SECANTUS_DISABLE_OPLOG": "1"}
         self._process: subprocess.Popen[bytes] | None = None
         self._output: IO[bytes] | None = None
 
@@ -85,7 +81,10 @@ class LocalStore:
             stdout=self._output,
             stderr=subprocess.STDOUT,
             start_new_session=True,
-            env=self._env,
+            # No oplog: it only feeds change streams, which nothing here uses, and the Rust
+            # server's pruning of it past its cap (100 000 entries, reached within minutes
+            # under load) halves its write rate from then on (docs/benchmarks.md).
+            env={**os.environ, "SECANTUS_DISABLE_OPLOG": "1"},
         )
         deadline = time.monotonic() + within_s
         while not self._accepts():

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any, cast
+from typing import cast
 
 import aiormq.abc
 import pytest
@@ -35,5 +35,4 @@ async def test_a_close_the_broker_never_answers_ends_within_the_bound(
 
 
 async def test_a_failing_close_is_not_raised() -> None:
-    connection: Any = _Refusing()
-    await resources.close_broker(connection)
+    await resources.close_broker(cast(aiormq.abc.AbstractConnection, _Refusing()))
