@@ -11,7 +11,7 @@ import asyncio
 import logging
 import sys
 
-from app.plumbing import access, logs
+from app.plumbing import access, collector, logs
 from app.plumbing.migrate import MigrationError, migrate
 from app.plumbing.settings import Settings, SettingsError
 
@@ -44,6 +44,7 @@ def main(argv: list[str] | None = None) -> int:
 
         return verify.main(settings)
     if args.command == "rebuild":
+        collector.settle(rebuild.YOUNG_EVERY)  # a batch job: see there
         return rebuild.main(settings, args)
     if args.command == "parked":
         return parked.main(settings, args)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import gc
 import logging
 from collections.abc import AsyncIterator, Coroutine
 from typing import Any
@@ -24,7 +23,7 @@ from app.contracts.readmodel import Db
 from app.contracts.topology import Topology
 from app.operations import asyncapi, dashboard, health, metrics, openapi
 from app.operations import rebuild as rebuild_command
-from app.plumbing import access, problems, sse, tracing
+from app.plumbing import access, collector, problems, sse, tracing
 from app.plumbing.failures import POSTGRES_FAILURES
 from app.plumbing.resources import (
     Resources,
@@ -194,9 +193,7 @@ def _settle_gc() -> None:
     in flight are promoted, die in the old generation and set off full collections: under
     GET load on this machine the collector took ~11 % of the process's CPU, with a full
     collection of ~50 ms about every second; after this, under 1 % and none (docs/benchmarks.md)."""
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(10_000, 10, 10)
+    collector.settle(young_every=10_000)
 
 
 def create_app(settings: Settings, *, settle_gc: bool = False) -> Starlette:

@@ -130,6 +130,15 @@ def parse(argv: list[str]) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+# `python -m app rebuild`'s process collects its youngest generation every 100,000 net allocations
+# (app/plumbing/collector.py). A rebuild's chunk of 10,000 events and the documents it folds
+# stay in use across hundreds of default collections, are promoted, and set off full
+# collections of a quarter of a million objects: with CPython's defaults the collector took
+# about 45 % of a rebuild's CPU (61,000 events in-process, docs/benchmarks.md). A batch job:
+# the pauses, ~70 ms each, matter less than their number. The bench's rebuild runs with it.
+YOUNG_EVERY: Final = 100_000
+
+
 def main(settings: Settings, args: argparse.Namespace) -> int:
     if args.offline:
         return _offline(settings)
