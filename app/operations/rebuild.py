@@ -135,7 +135,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
 # stay in use across hundreds of default collections, are promoted, and set off full
 # collections of a quarter of a million objects: with CPython's defaults the collector took
 # about 45 % of a rebuild's CPU (61,000 events in-process, docs/benchmarks.md). A batch job:
-# the pauses, ~70 ms each, matter less than their number. The bench's rebuild runs with it.
+# the pauses, 70-100 ms each, matter less than their number. The bench's rebuild runs with it.
 YOUNG_EVERY: Final = 100_000
 
 
