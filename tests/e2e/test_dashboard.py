@@ -158,7 +158,7 @@ async def test_the_dashboard_shows_the_pipeline_live_in_a_browser(
         str(screenshot),
         cwd=BROWSER,
         stdout=asyncio.subprocess.PIPE,
-        env={**os.environ, "CHROMIUM": CHROMIUM, "TIMEOUT_MS": "30000"},
+        env={**os.environ, "CHROMIUM": CHROMIUM, "TIMEOUT_MS": "30000", "MIN_NEW_EVENTS": "7"},
     )
     try:
         loaded = await _line(process, 60)
