@@ -44,8 +44,11 @@ async def subscribe(
 async def take(inbox: Inbox, limit: int, idle_s: float) -> list[Message]:
     """What is ready, up to `limit`, waiting up to `idle_s` for the first ([] when none came).
     Raises ConnectionLost."""
+    # asyncio.timeout, not wait_for: on 3.11 a cancellation that lands as wait_for's own
+    # timeout fires can be swallowed, and a cancelled projector would take the next batch.
     try:
-        first = await asyncio.wait_for(inbox.get(), idle_s)
+        async with asyncio.timeout(idle_s):
+            first = await inbox.get()
     except TimeoutError:
         return []
     if first is None:
