@@ -14,10 +14,12 @@ import asyncio
 import contextlib
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 RequestFactory = Callable[[], bytes]
+# one server's port, or several replicas' ports: the connections are spread over them in turn
+Ports = int | Sequence[int]
 # status, body, the perf_counter time the answer was complete
 ResponseHook = Callable[[int, bytes, float], None]
 
@@ -84,13 +86,22 @@ def percentile(values: list[float], q: float) -> float:
 class Connection:
     """One keep-alive connection; `request` sends raw bytes and reads one answer."""
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    def __init__(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, port: int
+    ) -> None:
         self._reader, self._writer = reader, writer
+        self.port = port
 
     @classmethod
     async def open(cls, host: str, port: int) -> Connection:
         reader, writer = await asyncio.open_connection(host, port)
-        return cls(reader, writer)
+        return cls(reader, writer, port)
+
+    @classmethod
+    async def open_spread(cls, host: str, ports: Ports, count: int) -> list[Connection]:
+        """`count` connections, spread over `ports` in turn."""
+        spread = [ports] if isinstance(ports, int) else list(ports)
+        return [await cls.open(host, spread[i % len(spread)]) for i in range(count)]
 
     async def request(self, data: bytes) -> tuple[int, bytes]:
         status, _, body = await self.exchange(data)
@@ -138,7 +149,7 @@ class _Run:
 
 async def closed_loop(
     host: str,
-    port: int,
+    port: Ports,
     connections: int,
     duration_s: float,
     make_request: RequestFactory,
@@ -146,7 +157,7 @@ async def closed_loop(
 ) -> LoadResult:
     """`connections` workers, each sending back to back until `duration_s` has passed."""
     run = _Run(on_response)
-    opened = [await Connection.open(host, port) for _ in range(connections)]
+    opened = await Connection.open_spread(host, port, connections)
     cpu0, started = time.process_time(), time.perf_counter()
     deadline = started + duration_s
 
@@ -171,7 +182,7 @@ async def closed_loop(
 
 async def open_loop(
     host: str,
-    port: int,
+    port: Ports,
     rate: float,
     duration_s: float,
     make_request: RequestFactory,
@@ -179,10 +190,12 @@ async def open_loop(
     connections: int = 64,
 ) -> LoadResult:
     """One request due every 1/`rate` seconds for `duration_s`, on up to `connections`
-    connections; a request waits for a free connection, and that wait counts as latency."""
+    connections; a request waits for a free connection, and that wait counts as latency. Over
+    several ports a request takes the connection idle longest, whichever replica it leads to
+    (as a least-busy balancer would)."""
     run = _Run(on_response)
     idle: asyncio.Queue[Connection] = asyncio.Queue()
-    opened = [await Connection.open(host, port) for _ in range(connections)]
+    opened = await Connection.open_spread(host, port, connections)
     for connection in opened:
         idle.put_nowait(connection)
     cpu0, started = time.process_time(), time.perf_counter()
@@ -198,7 +211,7 @@ async def open_loop(
         except (OSError, asyncio.IncompleteReadError, ValueError):
             run.result.errors += 1
             try:  # replace the broken connection; a server that refuses it ends the run
-                connection = await Connection.open(host, port)
+                connection = await Connection.open(host, connection.port)
                 opened.append(connection)
             except OSError as exc:
                 broken.append(exc)

@@ -139,14 +139,10 @@ def _place_order_rows(po: dict[str, Any]) -> list[Row]:
     ]
 
 
-def rows(r: dict[str, Any]) -> list[Row]:
-    """(scenario, measured, ceiling, ratio, target) per line of the table."""
-    po, lag, relay, rb, go, mem, gen = (
-        r["place_order"], r["lag"], r["relay"], r["rebuild"], r["get_order"], r["memory"],
-        r["load_generator"],
-    )  # fmt: skip
-    lines: list[Row] = [
-        *_place_order_rows(po),
+def _lag_rows(r: dict[str, Any]) -> list[Row]:
+    """The lag at half the maximum rate, the latency there and where the lag went."""
+    lag = r["lag"]
+    return [
         (
             f"commit-to-visible lag @ {lag['rate_per_s']:.0f}/s",
             _lags(lag),
@@ -162,6 +158,35 @@ def rows(r: dict[str, Any]) -> list[Row]:
             "",
         ),
         *_where_rows(lag),
+    ]
+
+
+def _memory_rows(r: dict[str, Any]) -> list[Row]:
+    """The app's memory during the lag run, then the load generator's own CPU."""
+    mem, lag = r["memory"], r["lag"]
+    lines: list[Row] = [(
+        f"app memory, {mem['duration_s']:.0f} s @ {lag['rate_per_s']:.0f}/s",
+        f"peak {mem['peak_mib']:.0f} MiB",
+        f"RSS {mem['rss_from_mib']:.0f} -> {mem['rss_to_mib']:.0f} MiB"
+        f" ({mem['growth_mib']:+.1f}, {mem['growth_window']})",
+        "",
+        f"<= 250 MiB {_verdict(mem['peak_mib'] <= 250)}",
+    )]  # fmt: skip
+    for name, figures in r["load_generator"].items():
+        lines.append((
+            f"load generator CPU, {name}",
+            f"{figures['cpu_s_per_s']:.2f} s/s ({figures['cpu_s_per_s'] * 100:.0f}% of a core)",
+            "", "", "",
+        ))  # fmt: skip
+    return lines
+
+
+def rows(r: dict[str, Any]) -> list[Row]:
+    """(scenario, measured, ceiling, ratio, target) per line of the table."""
+    relay, rb, go = r["relay"], r["rebuild"], r["get_order"]
+    return [
+        *_place_order_rows(r["place_order"]),
+        *_lag_rows(r),
         *_read_store_rows(r),
         *_sustained_rows(r),
         (
@@ -186,22 +211,25 @@ def rows(r: dict[str, Any]) -> list[Row]:
             f">= 0.85 {_verdict(go['ratio'] >= 0.85)}",
         ),
         *_product_cache_rows(r),
-        (
-            f"app memory, {mem['duration_s']:.0f} s @ {lag['rate_per_s']:.0f}/s",
-            f"peak {mem['peak_mib']:.0f} MiB",
-            f"RSS {mem['rss_from_mib']:.0f} -> {mem['rss_to_mib']:.0f} MiB"
-            f" ({mem['growth_mib']:+.1f}, {mem['growth_window']})",
-            "",
-            f"<= 250 MiB {_verdict(mem['peak_mib'] <= 250)}",
-        ),
+        *_memory_rows(r),
     ]
-    for name, figures in gen.items():
-        lines.append((
-            f"load generator CPU, {name}",
-            f"{figures['cpu_s_per_s']:.2f} s/s ({figures['cpu_s_per_s'] * 100:.0f}% of a core)",
-            "", "", "",
-        ))  # fmt: skip
-    return lines
+
+
+def pipeline_table(r: dict[str, Any]) -> str:
+    """The rows of the scenarios that run the whole pipeline: place order, the lag at half the
+    maximum, the sustained rate, memory (`python -m bench.two_replicas`, per layout)."""
+    return render([
+        *_place_order_rows(r["place_order"]), *_lag_rows(r), *_sustained_rows(r),
+        *_memory_rows(r),
+    ])  # fmt: skip
+
+
+def pipeline_ratios(r: dict[str, Any]) -> str:
+    """The `ratios:` line's figures that `pipeline_table` has."""
+    return (
+        f"place_order={r['place_order']['ratio']:.2f} lag_p99_ms={round(r['lag']['p99_ms'])}"
+        f" sustained={r['sustained']['ratio']:.2f}"
+    )
 
 
 def _product_cache_rows(r: dict[str, Any]) -> list[Row]:

@@ -109,7 +109,7 @@ class PlacedOrders:
 
 
 async def place_orders_http(
-    port: int, orders: Orders, duration_s: float
+    port: http_load.Ports, orders: Orders, duration_s: float
 ) -> tuple[LoadResult, PlacedOrders]:
     placed = PlacedOrders()
     result = await http_load.closed_loop(
@@ -231,17 +231,19 @@ class SteadyRun:
 
 
 async def steady_rate(
-    port: int, app: Process, store: LocalStore | None, settings: Settings, orders: Orders,
-    rate: float, duration_s: float, tail_s: float,
+    port: http_load.Ports, app: Process, store: LocalStore | None, settings: Settings,
+    orders: Orders, rate: float, duration_s: float, tail_s: float,
     watch_port: int | None = None, others: dict[str, int] | None = None,
 ) -> SteadyRun:  # fmt: skip
     """Open-loop orders at `rate`: the lag from each 201 until the read model has applied its
     position (and until the broker delivered it), the app's RSS sampled every 0.5 s, and the
     CPU the app and the read store (when started here) used while the orders came. An order
     still invisible `tail_s` after the run counts with the lag it had by then (a lower bound)
-    and in `never_visible`. `watch_port` reads the position from another replica (the one whose
-    projector is active), `others` names further processes whose CPU to report."""
-    watch = PositionWatch(watch_port or port, f"/products/{orders.product_ids[0]}")
+    and in `never_visible`. Several ports spread the orders over replicas; `watch_port` reads
+    the position from the one whose projector is active (default: the first port), `others`
+    names further processes whose CPU to report."""
+    first = port if isinstance(port, int) else port[0]
+    watch = PositionWatch(watch_port or first, f"/products/{orders.product_ids[0]}")
     delivered = BrokerWatch(settings)
     placed = PlacedOrders()
     rss: list[tuple[float, float]] = []
@@ -280,7 +282,7 @@ async def steady_rate(
 
 
 async def _orders_at(
-    rate: float, duration_s: float, port: int, orders: Orders, placed: PlacedOrders,
+    rate: float, duration_s: float, port: http_load.Ports, orders: Orders, placed: PlacedOrders,
     pids: dict[str, int],
 ) -> tuple[LoadResult, dict[str, float]]:  # fmt: skip
     """The open-loop run, and the cores each of `pids` used meanwhile."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
@@ -33,7 +33,10 @@ def generator(load: LoadResult) -> dict[str, float]:
 
 @dataclass(frozen=True)
 class Running:
-    """The app under test and what the scenarios reach it and its stores with."""
+    """The app under test and what the scenarios reach it and its stores with. With `replicas`,
+    the commands go to `port` and theirs in turn, the lag is read on `watch_port` (the replica
+    whose projector is active) and `others` are further processes whose CPU to report; `app`
+    is the one whose memory is sampled."""
 
     pool: asyncpg.Pool
     db: AsyncDatabase[dict[str, Any]]
@@ -42,13 +45,22 @@ class Running:
     port: int
     store: LocalStore | None  # the read store's server, when the bench started it
     settings: Settings
+    replicas: tuple[int, ...] = ()
+    watch_port: int | None = None
+    others: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def ports(self) -> tuple[int, ...]:
+        """Where the commands go."""
+        return (self.port, *self.replicas)
 
     async def steady_rate(
         self, rate: float, duration_s: float, tail_s: float
     ) -> scenarios.SteadyRun:
         return await scenarios.steady_rate(
-            self.port, self.app, self.store, self.settings, self.orders, rate, duration_s, tail_s
-        )
+            self.ports, self.app, self.store, self.settings, self.orders, rate, duration_s,
+            tail_s, watch_port=self.watch_port, others=self.others,
+        )  # fmt: skip
 
     async def catch_up(self, within_s: float) -> int:
         """Wait until the read model has applied the whole log, at most `within_s`; the

@@ -1,12 +1,20 @@
-"""`python -m bench.two_replicas`: the commit-to-visible lag with the work split over two
-processes on this machine, beside one process doing it all.
+"""`python -m bench.two_replicas`: the whole pipeline's scenarios of `make bench` with the work
+split over two processes on this machine, then the same in one process, each measured in the
+same run.
 
-One replica serves the commands and leads the relay (PROJECTOR_ENABLED=false); the other runs
-the projector (RELAY_ENABLED=false) and answers the lag watcher's reads. Then the same steps
-with one process doing everything. Each step is an open-loop run of BENCH_RATES orders/s
-(default 120,240,360) for BENCH_STEP_S seconds (default 15), the read model caught up before
-each. Prints, per layout and rate, the lag p50/p99, the relay's part, and the cores each
-process used.
+Two processes: one replica leads the relay (PROJECTOR_ENABLED=false), the other runs the
+active projector (RELAY_ENABLED=false) and answers the lag watcher's reads; both serve the
+commands, the load generator spreading its connections over the two in turn (an open-loop order
+takes the connection idle longest, as a least-busy balancer would). One process: `python -m app
+serve` doing everything, as `make bench` measures it.
+
+Per layout, on a fresh stack of its own: place order over HTTP beside pgbench running the
+handler's SQL (bench.write_side), the sustained rate (bench.sustained) and the lag at half the
+maximum with the memory samples (bench.steady), with the plan of `make bench` (BENCH_QUICK=1:
+the quick one). Prints each layout's table and one `two:`/`one:` line of ratios, and writes
+bench/results/two-replicas.json. The single process stays the headline (`make bench`); this
+shows what a second core's worth of app buys, on a machine whose two cores PostgreSQL,
+RabbitMQ, the read store and the load generator share too.
 """
 
 from __future__ import annotations
@@ -14,60 +22,77 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import sys
 from typing import Any
 
 import asyncpg
+import uvloop
 
-from bench import scenarios, steady
-from bench.stack import Stack, stack
+from bench import report, scenarios, steady, sustained, write_side
+from bench.plan import FULL, QUICK, Plan
+from bench.report import progress
+from bench.stack import Stack, memory_kib, stack
 
-RATES = [float(r) for r in os.environ.get("BENCH_RATES", "120,240,360").split(",")]
-STEP_S = float(os.environ.get("BENCH_STEP_S", "15"))
+RESULTS = report.RESULTS.with_name("two-replicas.json")
 
 
-async def _steps(
-    st: Stack, pool: asyncpg.Pool, orders: scenarios.Orders, split: bool
-) -> list[dict[str, Any]]:
-    if split:
-        app, port = await st.serve("app", "serve", PROJECTOR_ENABLED="false")
-        projector, watch_port = await st.serve("app", "serve", RELAY_ENABLED="false")
-        others = {"projector replica": projector.pid}
-    else:
+async def _running(st: Stack, pool: asyncpg.Pool, split: bool) -> steady.Running:
+    mongo = st.mongo_client()
+    st.exits.push_async_callback(mongo.close)
+    orders = scenarios.Orders(await scenarios.seed_products(pool))
+    db = mongo[st.settings.mongo_db]
+    if not split:
         app, port = await st.serve("app", "serve")
-        watch_port, others, projector = port, {}, None
-    db = st.mongo_client()[st.settings.mongo_db]
-    running = steady.Running(pool, db, orders, app, port, st.store, st.settings)
-    results = []
-    try:
-        for rate in RATES:
-            await running.catch_up(60)
-            run = await scenarios.steady_rate(
-                port, app, st.store, st.settings, orders, rate, STEP_S, 10.0,
-                watch_port=watch_port, others=others,
-            )  # fmt: skip
-            figures = steady.lag_figures(rate, run)
-            results.append({"layout": "two" if split else "one", "rate": rate, **figures})
-            print(json.dumps(results[-1]), flush=True)
-    finally:
-        app.stop()
-        if projector is not None:
-            projector.stop()
-        await db.client.close()
-    return results
+        return steady.Running(pool, db, orders, app, port, st.store, st.settings)
+    app, port = await st.serve("app", "serve", PROJECTOR_ENABLED="false")
+    projector, projector_port = await st.serve("app", "serve", RELAY_ENABLED="false")
+    progress(f"relay replica pid {app.pid} on :{port}, projector replica pid {projector.pid}"
+             f" on :{projector_port}")  # fmt: skip
+    return steady.Running(
+        pool, db, orders, app, port, st.store, st.settings, replicas=(projector_port,),
+        watch_port=projector_port, others={"projector replica": projector.pid},
+    )  # fmt: skip
 
 
-async def main() -> list[dict[str, Any]]:
-    async with stack("two") as st:
-        pool = await asyncpg.create_pool(st.settings.database_url, min_size=1, max_size=8)
+async def _layout(plan: Plan, split: bool) -> dict[str, Any]:
+    name = "two" if split else "one"
+    out: dict[str, Any] = {"layout": name}
+    async with stack(name) as st:
+        pool = await asyncpg.create_pool(st.settings.database_url, min_size=1, max_size=16)
         assert pool is not None
         st.exits.push_async_callback(pool.close)
-        orders = scenarios.Orders(await scenarios.seed_products(pool))
-        return [*await _steps(st, pool, orders, True), *await _steps(st, pool, orders, False)]
+        r = await _running(st, pool, split)
+        await write_side.place_order(st, r, plan, out)
+        await sustained.search(r, plan, out)
+        await steady.at_half_max(r, plan, out)
+        for process, pid in r.others.items():  # the sampled app's peak is in out["memory"]
+            out["memory"][f"{process}_peak_mib"] = round(memory_kib(pid)["VmHWM"] / 1024, 1)
+    return out
+
+
+async def run(plan: Plan) -> list[dict[str, Any]]:
+    return [await _layout(plan, split=True), await _layout(plan, split=False)]
+
+
+def main() -> int:
+    plan = QUICK if os.environ.get("BENCH_QUICK", "") not in ("", "0") else FULL
+    try:
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            layouts = runner.run(run(plan))
+    except KeyboardInterrupt:
+        progress("interrupted; everything it made has been removed")
+        return 130
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(layouts, indent=2) + "\n", encoding="utf-8")
+    for r in layouts:
+        others = {k: v for k, v in r["memory"].items() if k.endswith("_peak_mib")}
+        print(f"\n{r['layout']} process(es)" + "".join(f"; {k} {v} MiB" for k, v in others.items()))
+        print(report.pipeline_table(r))
+    print()
+    for r in layouts:
+        print(f"{r['layout']}: {report.pipeline_ratios(r)}")
+    return 0
 
 
 if __name__ == "__main__":
-    for row in asyncio.run(main()):
-        print(
-            f"{row['layout']} process(es) @ {row['rate']:.0f}/s: lag p50 {row['p50_ms']} "
-            f"p99 {row['p99_ms']} ms; cores {row['cores']}"
-        )
+    sys.exit(main())

@@ -41,8 +41,8 @@ async def place_order(st: Stack, r: Running, plan: Plan, out: dict[str, Any]) ->
     over HTTP with the app's relay and projector running. The ids of the orders placed."""
     handler, sql, script = await _ceilings(st, r, plan)
     progress(f"{sql.tps:.0f} transactions/s; place order over HTTP")
-    await http_load.closed_loop("127.0.0.1", r.port, 32, plan.warmup_s, r.orders.request)
-    http, placed = await scenarios.place_orders_http(r.port, r.orders, plan.write_s)
+    await http_load.closed_loop("127.0.0.1", r.ports, 32, plan.warmup_s, r.orders.request)
+    http, placed = await scenarios.place_orders_http(r.ports, r.orders, plan.write_s)
     if http.ok == 0:
         raise RuntimeError(f"no order placed: {dict(http.statuses)}\n{r.app.output()[-3000:]}")
     progress(f"{http.rate:.0f} orders/s over HTTP")
