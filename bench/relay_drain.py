@@ -31,6 +31,7 @@ from app.contracts.events import routing_key
 from app.contracts.topology import delete_topology
 from app.main import relay_for
 from app.plumbing.migrate import migrate
+from app.plumbing.resources import connect_broker
 from app.plumbing.settings import Settings
 from app.relay.publisher import message_body, message_properties
 
@@ -92,8 +93,9 @@ async def _bodies(dsn: str) -> list[tuple[bytes, Any, str]]:
 
 
 async def _raw_ceiling(settings: Settings, bodies: list[tuple[bytes, Any, str]]) -> float:
-    """Seconds to publish `bodies` raw with the same confirm window to its own topology."""
-    connection = await aiormq.connect(settings.amqp_url)
+    """Seconds to publish `bodies` raw with the same confirm window to its own topology, on a
+    connection with the relay's frame queues (connect_broker)."""
+    connection = await connect_broker(settings)
     try:
         channel = await connection.channel()
         exchange, queue = f"{settings.exchange}.raw", f"{settings.projector_queue}.raw"

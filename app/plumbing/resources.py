@@ -33,9 +33,33 @@ PostgresConnect = Callable[[float], Awaitable[asyncpg.Connection]]
 MONGO_SERVER_SELECTION_TIMEOUT_MS: Final = 5000
 
 
+# aiormq hands frames from its socket reader to each channel, and from the channels to its
+# socket writer, through queues of 10 frames by default. A full queue parks the side filling it
+# until the next event-loop iteration, so with HTTP and the projector sharing the loop
+# (iterations of a few milliseconds) the relay's publishes and confirms crossed 10 frames an
+# iteration: its confirm window stayed full and the relay fell seconds behind the write side
+# (docs/benchmarks.md). What these queues hold is bounded by our own windows anyway: the
+# relay's RELAY_CONFIRM_WINDOW messages and their confirms, the projector's PROJECTOR_PREFETCH
+# deliveries (three frames each) and its acks.
+FRAME_BUFFER: Final = 8192
+
+
+class _Connection(aiormq.Connection):
+    """aiormq's connection with FRAME_BUFFER-frame queues, for itself and its channels."""
+
+    FRAME_BUFFER_SIZE = FRAME_BUFFER
+
+    async def channel(self, *args: Any, **kwargs: Any) -> aiormq.abc.AbstractChannel:
+        kwargs.setdefault("frame_buffer_size", FRAME_BUFFER)
+        channel: aiormq.abc.AbstractChannel = await super().channel(*args, **kwargs)
+        return channel
+
+
 async def connect_broker(settings: Settings) -> aiormq.abc.AbstractConnection:
-    """One AMQP connection; raises aiormq.AMQPConnectionError or OSError when unreachable."""
-    connection: aiormq.abc.AbstractConnection = await aiormq.connect(settings.amqp_url)
+    """One AMQP connection (its channels with FRAME_BUFFER-frame queues); raises
+    aiormq.AMQPConnectionError or OSError when unreachable."""
+    connection = _Connection(settings.amqp_url)
+    await connection.connect()
     return connection
 
 
