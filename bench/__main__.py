@@ -19,7 +19,6 @@ from typing import Any
 import asyncpg
 import uvloop
 from pymongo import AsyncMongoClient
-from pymongo.asynchronous.database import AsyncDatabase
 
 from bench import read_cache, readstore, rebuild, report, scenarios, steady, sustained, write_side
 from bench.http_load import LoadResult
@@ -43,14 +42,6 @@ async def _read_store(
         "events_per_s": round(figures.events_per_s, 1),
         "orders_per_s": round(figures.orders_per_s, 1),
     }  # fmt: skip
-
-
-async def _start_app(st: Stack, pool: asyncpg.Pool, db: AsyncDatabase[dict[str, Any]]) -> Running:
-    progress("seeding products")
-    orders = scenarios.Orders(await scenarios.seed_products(pool))
-    app, port = await st.serve("app", "serve")
-    progress(f"app pid {app.pid} on :{port}")
-    return Running(pool, db, orders, app, port, st.store, st.settings)
 
 
 async def _read_side(st: Stack, port: int, ids: list[str], plan: Plan, out: dict[str, Any]) -> None:
@@ -99,7 +90,7 @@ async def _scenarios(st: Stack, plan: Plan, out: dict[str, Any]) -> None:
     st.exits.push_async_callback(pool.close)
     mongo = st.mongo_client()
     st.exits.push_async_callback(mongo.close)
-    running = await _start_app(st, pool, mongo[st.settings.mongo_db])
+    running = await Running.start(st, pool, mongo[st.settings.mongo_db])
     ids = await write_side.place_order(st, running, plan, out)
     progress("waiting for the read model to catch up")
     out["get_order_behind_at_start"] = await running.catch_up(plan.catch_up_s)

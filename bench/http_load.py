@@ -20,6 +20,13 @@ from dataclasses import dataclass, field
 RequestFactory = Callable[[], bytes]
 # one server's port, or several replicas' ports: the connections are spread over them in turn
 Ports = int | Sequence[int]
+
+
+def port_list(ports: Ports) -> list[int]:
+    """`ports` as a list (one port: a list of it)."""
+    return [ports] if isinstance(ports, int) else list(ports)
+
+
 # status, body, the perf_counter time the answer was complete
 ResponseHook = Callable[[int, bytes, float], None]
 
@@ -100,7 +107,7 @@ class Connection:
     @classmethod
     async def open_spread(cls, host: str, ports: Ports, count: int) -> list[Connection]:
         """`count` connections, spread over `ports` in turn."""
-        spread = [ports] if isinstance(ports, int) else list(ports)
+        spread = port_list(ports)
         return [await cls.open(host, spread[i % len(spread)]) for i in range(count)]
 
     async def request(self, data: bytes) -> tuple[int, bytes]:

@@ -242,8 +242,8 @@ async def steady_rate(
     and in `never_visible`. Several ports spread the orders over replicas; `watch_port` reads
     the position from the one whose projector is active (default: the first port), `others`
     names further processes whose CPU to report."""
-    first = port if isinstance(port, int) else port[0]
-    watch = PositionWatch(watch_port or first, f"/products/{orders.product_ids[0]}")
+    watch_at = watch_port or http_load.port_list(port)[0]
+    watch = PositionWatch(watch_at, f"/products/{orders.product_ids[0]}")
     delivered = BrokerWatch(settings)
     placed = PlacedOrders()
     rss: list[tuple[float, float]] = []

@@ -18,7 +18,7 @@ from bench import http_load, scenarios
 from bench.http_load import LoadResult
 from bench.plan import Plan
 from bench.report import progress
-from bench.stack import Process
+from bench.stack import Process, Stack
 
 
 def ms(seconds: float) -> float:
@@ -48,6 +48,28 @@ class Running:
     replicas: tuple[int, ...] = ()
     watch_port: int | None = None
     others: dict[str, int] = field(default_factory=dict)
+
+    @classmethod
+    async def start(
+        cls, st: Stack, pool: asyncpg.Pool, db: AsyncDatabase[dict[str, Any]], split: bool = False
+    ) -> Running:
+        """Seed the products, then serve: one `python -m app serve` doing everything, or with
+        `split` one replica leading the relay (its projector off) and one running the
+        projector (its relay off), the commands going to both."""
+        progress("seeding products")
+        orders = scenarios.Orders(await scenarios.seed_products(pool))
+        if not split:
+            app, port = await st.serve("app", "serve")
+            progress(f"app pid {app.pid} on :{port}")
+            return cls(pool, db, orders, app, port, st.store, st.settings)
+        app, port = await st.serve("app", "serve", PROJECTOR_ENABLED="false")
+        projector, projector_port = await st.serve("app", "serve", RELAY_ENABLED="false")
+        progress(f"relay replica pid {app.pid} on :{port}, projector replica pid"
+                 f" {projector.pid} on :{projector_port}")  # fmt: skip
+        return cls(
+            pool, db, orders, app, port, st.store, st.settings, replicas=(projector_port,),
+            watch_port=projector_port, others={"projector replica": projector.pid},
+        )  # fmt: skip
 
     @property
     def ports(self) -> tuple[int, ...]:

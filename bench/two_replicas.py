@@ -28,30 +28,12 @@ from typing import Any
 import asyncpg
 import uvloop
 
-from bench import report, scenarios, steady, sustained, write_side
+from bench import report, steady, sustained, write_side
 from bench.plan import FULL, QUICK, Plan
 from bench.report import progress
-from bench.stack import Stack, memory_kib, stack
+from bench.stack import memory_kib, stack
 
 RESULTS = report.RESULTS.with_name("two-replicas.json")
-
-
-async def _running(st: Stack, pool: asyncpg.Pool, split: bool) -> steady.Running:
-    mongo = st.mongo_client()
-    st.exits.push_async_callback(mongo.close)
-    orders = scenarios.Orders(await scenarios.seed_products(pool))
-    db = mongo[st.settings.mongo_db]
-    if not split:
-        app, port = await st.serve("app", "serve")
-        return steady.Running(pool, db, orders, app, port, st.store, st.settings)
-    app, port = await st.serve("app", "serve", PROJECTOR_ENABLED="false")
-    projector, projector_port = await st.serve("app", "serve", RELAY_ENABLED="false")
-    progress(f"relay replica pid {app.pid} on :{port}, projector replica pid {projector.pid}"
-             f" on :{projector_port}")  # fmt: skip
-    return steady.Running(
-        pool, db, orders, app, port, st.store, st.settings, replicas=(projector_port,),
-        watch_port=projector_port, others={"projector replica": projector.pid},
-    )  # fmt: skip
 
 
 async def _layout(plan: Plan, split: bool) -> dict[str, Any]:
@@ -61,12 +43,15 @@ async def _layout(plan: Plan, split: bool) -> dict[str, Any]:
         pool = await asyncpg.create_pool(st.settings.database_url, min_size=1, max_size=16)
         assert pool is not None
         st.exits.push_async_callback(pool.close)
-        r = await _running(st, pool, split)
+        mongo = st.mongo_client()
+        st.exits.push_async_callback(mongo.close)
+        r = await steady.Running.start(st, pool, mongo[st.settings.mongo_db], split)
         await write_side.place_order(st, r, plan, out)
         await sustained.search(r, plan, out)
         await steady.at_half_max(r, plan, out)
-        for process, pid in r.others.items():  # the sampled app's peak is in out["memory"]
-            out["memory"][f"{process}_peak_mib"] = round(memory_kib(pid)["VmHWM"] / 1024, 1)
+        out["others_peak_mib"] = {  # the sampled app's peak is in out["memory"]
+            process: round(memory_kib(pid)["VmHWM"] / 1024, 1) for process, pid in r.others.items()
+        }
     return out
 
 
@@ -85,8 +70,8 @@ def main() -> int:
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(layouts, indent=2) + "\n", encoding="utf-8")
     for r in layouts:
-        others = {k: v for k, v in r["memory"].items() if k.endswith("_peak_mib")}
-        print(f"\n{r['layout']} process(es)" + "".join(f"; {k} {v} MiB" for k, v in others.items()))
+        peaks = "".join(f"; {k} peak {v} MiB" for k, v in r["others_peak_mib"].items())
+        print(f"\n{r['layout']} process(es){peaks}")
         print(report.pipeline_table(r))
     print()
     for r in layouts:
