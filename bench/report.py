@@ -8,6 +8,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench import disk
+
 RESULTS = Path(__file__).resolve().parent / "results" / "latest.json"
 
 Row = tuple[str, str, str, str, str]
@@ -41,7 +43,9 @@ def _step_outcome(step: dict[str, Any]) -> str:
     unseen, tail, behind = step["never_visible"], step["tail_s"], step["behind_at_start"]
     seen = f"{unseen} unseen {tail} s after" if unseen else f"all seen within {tail} s"
     late = f", {behind} events behind at start" if behind else ""
-    return f"{seen}; achieved {step['achieved_per_s']:.0f}/s{late}"
+    stalls = step.get("fsync_stalls")
+    disk = f"; {stalls} disk stall{'s' if stalls > 1 else ''}" if stalls else ""
+    return f"{seen}; achieved {step['achieved_per_s']:.0f}/s{late}{disk}"
 
 
 def _step_verdict(step: dict[str, Any], limit_ms: float) -> str:
@@ -103,7 +107,18 @@ def _where_rows(lag: dict[str, Any], at: str = "") -> list[Row]:
     return [
         (f"    answer -> broker delivery{at}", relay, "", "", ""),
         (f"    CPU there{at}", _cores(lag), "", "", ""),
+        *_disk_rows(lag, at),
     ]
+
+
+def _disk_rows(lag: dict[str, Any], at: str) -> list[Row]:
+    """The disk's fsync latency during a steady run (bench/disk.py), when it was probed."""
+    if "fsync_p50_ms" not in lag:
+        return []
+    p50, p99, top = lag["fsync_p50_ms"], lag["fsync_p99_ms"], lag["fsync_max_ms"]
+    figures = f"p50 {p50:.1f}  p99 {p99:.1f}  max {top:.1f} ms"
+    stalls = f"{lag['fsync_stalls']} of them >= {disk.STALL_S * 1000:.0f} ms"
+    return [(f"    disk fsync there{at}", figures, stalls, "", "")]
 
 
 def _cores(lag: dict[str, Any]) -> str:

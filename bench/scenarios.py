@@ -29,6 +29,7 @@ from app.plumbing.localstore import LocalStore
 from app.plumbing.resources import connect_broker
 from app.plumbing.settings import Settings
 from bench import http_load
+from bench.disk import FsyncProbe
 from bench.http_load import LoadResult
 from bench.stack import Process, cpu_seconds, memory_kib
 
@@ -228,6 +229,7 @@ class SteadyRun:
     peak_mib: float
     cores: dict[str, float]  # CPU seconds per wall second of the app and the read store
     relay_s: list[float]  # per order: from its answer until the broker delivered its event
+    fsync_s: list[float]  # the disk's fsyncs meanwhile (bench/disk.py)
 
 
 async def steady_rate(
@@ -237,7 +239,8 @@ async def steady_rate(
 ) -> SteadyRun:  # fmt: skip
     """Open-loop orders at `rate`: the lag from each 201 until the read model has applied its
     position (and until the broker delivered it), the app's RSS sampled every 0.5 s, and the
-    CPU the app and the read store (when started here) used while the orders came. An order
+    CPU the app and the read store (when started here) used and the disk's fsync latency
+    (bench/disk.py) while the orders came. An order
     still invisible `tail_s` after the run counts with the lag it had by then (a lower bound)
     and in `never_visible`. Several ports spread the orders over replicas; `watch_port` reads
     the position from the one whose projector is active (default: the first port), `others`
@@ -259,7 +262,8 @@ async def steady_rate(
     sampling = asyncio.create_task(sample_memory())
     try:
         async with delivered.watching():
-            load, cores = await _orders_at(rate, duration_s, port, orders, placed, pids)
+            with FsyncProbe(store.storage if store else None) as disk:
+                load, cores = await _orders_at(rate, duration_s, port, orders, placed, pids)
             await watch.wait_visible(max(placed.positions, default=0), within_s=tail_s)
         gave_up = time.perf_counter()
     finally:
@@ -278,7 +282,7 @@ async def steady_rate(
     if app.popen.poll() is not None:
         raise RuntimeError(f"the app exited during the run:\n{app.output()[-4000:]}")
     peak = memory_kib(app.pid)["VmHWM"] / 1024
-    return SteadyRun(load, lags, never, rss, peak, cores, relay)
+    return SteadyRun(load, lags, never, rss, peak, cores, relay, disk.latencies_s)
 
 
 async def _orders_at(

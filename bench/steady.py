@@ -14,7 +14,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 from app.contracts.readmodel import applied_position
 from app.plumbing.localstore import LocalStore
 from app.plumbing.settings import Settings
-from bench import http_load, scenarios
+from bench import disk, http_load, scenarios
 from bench.http_load import LoadResult
 from bench.plan import Plan
 from bench.report import progress
@@ -106,8 +106,9 @@ class Running:
 
 
 def lag_figures(rate: float, run: scenarios.SteadyRun) -> dict[str, Any]:
-    """The figures of one steady run: the lag, the relay's part of it, the cores used."""
-    lags, relay = run.lags_s, run.relay_s
+    """The figures of one steady run: the lag, the relay's part of it, the cores used, the
+    disk's fsyncs."""
+    lags, relay, fsyncs = run.lags_s, run.relay_s, run.fsync_s
     return {
         "rate_per_s": round(rate, 1), "achieved_per_s": round(run.load.rate, 1),
         "orders": run.load.ok, "never_visible": run.never_visible,
@@ -117,6 +118,10 @@ def lag_figures(rate: float, run: scenarios.SteadyRun) -> dict[str, Any]:
         "relay_p50_ms": ms(http_load.percentile(relay, 50)),
         "relay_p99_ms": ms(http_load.percentile(relay, 99)),
         "cores": {name: round(cores, 2) for name, cores in run.cores.items()},
+        "fsync_p50_ms": ms(http_load.percentile(fsyncs, 50)),
+        "fsync_p99_ms": ms(http_load.percentile(fsyncs, 99)),
+        "fsync_max_ms": ms(max(fsyncs, default=0.0)),
+        "fsync_stalls": sum(f >= disk.STALL_S for f in fsyncs),
     }  # fmt: skip
 
 
