@@ -225,24 +225,22 @@ async def _apply_at_once(
     except ClientBulkWriteException as exc:
         if isinstance(exc.error, ConnectionFailure):
             raise exc.error from exc
-        refused_transactions(client, exc.error)
+        _refused_transactions(client, exc.error)
         return False
     except ConnectionFailure:
         raise
     except OperationFailure as exc:  # a transaction aborted or unsupported: per collection
-        refused_transactions(client, exc)
+        _refused_transactions(client, exc)
         return False
     return True
 
 
-def refused_transactions(client: AsyncMongoClient[Any], error: object) -> bool:
-    """Whether `error` says the server runs no transactions or client-level bulkWrite after
-    all; then `client` writes without them from now on (one warning)."""
+def _refused_transactions(client: AsyncMongoClient[Any], error: object) -> None:
+    """When `error` says the server runs no transactions or client-level bulkWrite after all,
+    `client` writes per collection from now on (one warning)."""
     if isinstance(error, OperationFailure) and error.code in _UNSUPPORTED_CODES:
-        log.warning("the read store refused writes in one transaction: %s", error)
+        log.warning("the read store refused a batch in one transaction: %s", error)
         use_one_transaction(client, False)
-        return True
-    return False
 
 
 async def _write_collection(collection: AsyncCollection[Document], writes: list[Write]) -> None:

@@ -2,9 +2,8 @@
 
 The log is read in chunks of `batch_size` events, straight from PostgreSQL, and folded in
 memory (app.projector.folding) into documents. A document is stored once it stops changing:
-when a chunk leaves it untouched it is written (inserted if new, replaced if stored before;
-in one transaction where the server runs them, app/projector/readmodel.py) while the next
-chunk is read and folded; what the last chunk touched is written at the end.
+when a chunk leaves it untouched it is written (inserted if new, replaced if stored before)
+while the next chunk is read and folded; what the last chunk touched is written at the end.
 So reading, decoding and folding (this process's CPU) overlap the writes (the store's), a
 document that every chunk touches (a popular product) is written once rather than once per
 chunk, and memory holds about two chunks' documents. `meta` is written last: until then the
@@ -25,9 +24,7 @@ from typing import Any
 
 import asyncpg
 from pymongo import InsertOne, ReplaceOne
-from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import OperationFailure
 
 from app.contracts.eventlog import fetch_after
 from app.contracts.readmodel import (
@@ -42,18 +39,11 @@ from app.projector import holds
 from app.projector.deliveries import Decoded, decode_logged
 from app.projector.documents import Write, project
 from app.projector.folding import apply_owned, own
-from app.projector.readmodel import (
-    InvalidEventData,
-    ProjectionFailed,
-    drop,
-    in_one_transaction,
-    refused_transactions,
-)
+from app.projector.readmodel import InvalidEventData, ProjectionFailed, drop
 
 log = logging.getLogger(__name__)
 
 Key = tuple[CollectionName, Any]  # (collection, _id)
-Operations = dict[CollectionName, list[InsertOne[Document] | ReplaceOne[Document]]]
 _MERGE_AT = 65_536  # written keys kept in a set before they join the sorted array
 
 
@@ -199,7 +189,7 @@ class _Store:
     async def write_soon(self, documents: dict[Key, Document | None]) -> None:
         """Start writing `documents` once the write in flight is done (raising its error)."""
         await self.flush()
-        operations: Operations = {}
+        operations: dict[CollectionName, list[InsertOne[Document] | ReplaceOne[Document]]] = {}
         for key, document in documents.items():
             if document is None:  # a write to a document that never came to exist
                 continue
@@ -213,30 +203,15 @@ class _Store:
         self._writing = documents
         self._task = asyncio.create_task(self._write(operations))
 
-    async def _write(self, operations: Operations) -> None:
-        # In one transaction where the server runs them (app/projector/readmodel.py): a bulk
-        # write of replacements commits, and with `--sync-on-commit` syncs, once per document
-        # on SecantusDB, in a transaction once.
-        client = self._db.client
-        if await in_one_transaction(client):
-            try:
-                async with client.start_session() as session, await session.start_transaction():
-                    await self._write_in_turn(operations, session)
-                return
-            except OperationFailure as exc:
-                if not refused_transactions(client, exc):
-                    raise
-        await self._write_in_turn(operations, None)
-
-    async def _write_in_turn(
-        self, operations: Operations, session: AsyncClientSession | None
+    async def _write(
+        self, operations: dict[CollectionName, list[InsertOne[Document] | ReplaceOne[Document]]]
     ) -> None:
         # In turn: a failed rebuild cancels the write in flight (`abandon`); with three bulk
         # writes cancelled at once, PyMongo 4.20 left a socket unclosed (a ResourceWarning in
         # test_a_failed_rebuild_claims_no_position), and at once was no faster here.
         for name in COLLECTIONS:
             if operations.get(name):
-                await self._db[name].bulk_write(operations[name], ordered=False, session=session)
+                await self._db[name].bulk_write(operations[name], ordered=False)
 
     async def flush(self) -> None:
         """Wait for the write in flight; raises what it raised."""
