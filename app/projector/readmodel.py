@@ -8,7 +8,7 @@ A batch goes to the store one of two ways, with the same result:
   and both SecantusDB servers; asked once per client with `hello`): every document write of
   the batch and the move of the applied position in one command, committed only when every
   write applied. One commit per batch: SecantusDB with `--sync-on-commit` syncs its log once
-  per commit, and a commit per document made the writes of a batch cost ~6x more
+  per commit, and a commit per document made the writes of a batch cost 4-6 times more
   (docs/benchmarks.md). A batch that does not apply cleanly (a fence that did not hold after
   a redelivery, a refused write, `meta` moved) is aborted, nothing written, and goes the
   second way, which sorts out which.
