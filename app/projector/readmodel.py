@@ -21,10 +21,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import weakref
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any, Final
-from weakref import WeakKeyDictionary
 
 from pymongo import AsyncMongoClient, InsertOne, UpdateOne
 from pymongo.asynchronous.collection import AsyncCollection
@@ -50,7 +50,9 @@ _BULK_WRITE_WIRE_VERSION: Final = 25  # MongoDB 8.0: the client-level bulkWrite 
 # IllegalOperation, CommandNotFound, CommandNotSupported, OperationNotSupportedInTransaction:
 # a server that said it runs transactions and bulkWrite, but does not
 _UNSUPPORTED_CODES: Final = frozenset({20, 59, 115, 263})
-_AT_ONCE: WeakKeyDictionary[AsyncMongoClient[Any], bool] = WeakKeyDictionary()
+# id(client) -> whether it writes a batch in one transaction, forgotten with the client. By
+# identity: clients compare equal when their options do, and one's setting is not another's.
+_AT_ONCE: dict[int, bool] = {}
 
 
 class ReadModelLost(RuntimeError):
@@ -167,7 +169,7 @@ async def _write_batches(
 async def in_one_transaction(client: AsyncMongoClient[Any]) -> bool:
     """Whether `client`'s server takes a batch in one transaction (see the module docstring):
     asked once, with `hello`. Raises PyMongoError."""
-    known = _AT_ONCE.get(client)
+    known = _AT_ONCE.get(id(client))
     if known is None:
         hello = await client.admin.command("hello")
         known = (
@@ -181,7 +183,9 @@ async def in_one_transaction(client: AsyncMongoClient[Any]) -> bool:
 
 def use_one_transaction(client: AsyncMongoClient[Any], enabled: bool) -> None:
     """Write batches through `client` in one transaction or per collection from now on."""
-    _AT_ONCE[client] = enabled
+    if id(client) not in _AT_ONCE:
+        weakref.finalize(client, _AT_ONCE.pop, id(client), None)
+    _AT_ONCE[id(client)] = enabled
     log.info(
         "read model batches are written %s",
         "in one transaction each" if enabled else "per collection, then the applied position",

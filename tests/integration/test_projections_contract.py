@@ -7,6 +7,7 @@ rolled-back transactions (positions that never commit), so the log has real gaps
 
 from __future__ import annotations
 
+import os
 import random
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -56,6 +57,8 @@ async def mongo_db(
         readmodel.use_one_transaction(client, False)
     elif not await readmodel.in_one_transaction(client):
         await client.close()
+        # the SecantusDB server the tests start runs them: only a MONGO_URL server may not
+        assert os.environ.get("MONGO_URL"), "the tests' own store takes a batch at once"
         pytest.skip("this server runs no transactions with a client-level bulkWrite")
     yield client[settings.mongo_db]
     await client.drop_database(settings.mongo_db)
@@ -280,3 +283,19 @@ async def test_a_server_that_refuses_transactions_is_written_per_collection_from
     assert refusals == 1
     assert not await readmodel.in_one_transaction(client)
     assert await applied_position(mongo_db) == events[-1].position
+
+
+async def test_equal_clients_keep_their_own_way(settings: Settings) -> None:
+    """Clients with the same options compare equal; the way one writes is still its own (a
+    test forcing one way must not force it on the next test's client)."""
+    first: AsyncMongoClient[Document] = AsyncMongoClient(settings.mongo_url, connect=False)
+    second: AsyncMongoClient[Document] = AsyncMongoClient(settings.mongo_url, connect=False)
+    try:
+        assert first == second
+        readmodel.use_one_transaction(first, False)
+        readmodel.use_one_transaction(second, True)
+        assert not await readmodel.in_one_transaction(first)
+        assert await readmodel.in_one_transaction(second)
+    finally:
+        await first.close()
+        await second.close()
