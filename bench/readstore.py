@@ -5,11 +5,9 @@ and the customer updated, fenced). How many of those the Mongo server absorbs pe
 the rate at which any projector can keep the commit-to-visible lag flat, whatever the rest of
 the pipeline does. This measures it with nothing else in the way: the events of the copied log
 are projected and folded per batch (`project`, `coalesce`: the very writes the projector sends
-for a batch of that size) before the clock starts; then only the writes run, as the projector
-sends them (app/projector/readmodel.py): a batch in one transaction and one client-level
-`bulk_write` when the server takes that, else one ordered `bulk_write` per collection and
-batch; into a scratch database with the read model's indexes. No broker, no decoding, no
-applied position, no acks.
+for a batch of that size) before the clock starts; then only the `bulk_write` calls run, one
+per collection and batch, ordered, into a scratch database with the read model's indexes. No
+broker, no decoding, no applied position, no acks.
 
 Expressed as events/s and orders/s (OrderPlaced events in the replayed log / seconds).
 """
@@ -21,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
-from pymongo import AsyncMongoClient
+from pymongo import AsyncMongoClient, InsertOne, UpdateOne
 
 from app.contracts.eventlog import fetch_after
 from app.contracts.readmodel import COLLECTIONS, ensure_indexes
@@ -30,7 +28,7 @@ from app.projector.coalescing import coalesce
 from app.projector.deliveries import decode_logged
 from app.projector.documents import Write, project
 
-Merged = list[tuple[str, list[Write]]]  # a batch's merged writes, per collection
+Operations = list[tuple[str, list[InsertOne[dict[str, Any]] | UpdateOne]]]
 
 
 @dataclass(frozen=True)
@@ -49,14 +47,14 @@ class ReadStoreFigures:
         return self.orders / self.seconds
 
 
-async def _batches(dsn: str, limit: int, batch_size: int) -> tuple[list[Merged], int, int]:
-    """The log's first `limit` events as the projector's merged writes, batch by batch."""
+async def _batches(dsn: str, limit: int, batch_size: int) -> tuple[list[Operations], int, int]:
+    """The log's first `limit` events as the projector's bulk writes, batch by batch."""
     conn = await asyncpg.connect(dsn)
     try:
         logged = await fetch_after(conn, 0, limit)
     finally:
         await conn.close()
-    batches: list[Merged] = []
+    batches: list[Operations] = []
     orders = 0
     for start in range(0, len(logged), batch_size):
         writes: list[Write] = []
@@ -66,7 +64,7 @@ async def _batches(dsn: str, limit: int, batch_size: int) -> tuple[list[Merged],
             if decoded.data is not None:
                 writes += project(decoded.envelope, decoded.data)
         batches.append([
-            (name, coalesce(mine))
+            (name, [readmodel.fast_operation(w) for w in coalesce(mine)])
             for name in COLLECTIONS
             if (mine := [w for w in writes if w.collection == name])
         ])  # fmt: skip
@@ -81,23 +79,9 @@ async def run(
     batches, events, orders = await _batches(dsn, limit, batch_size)
     db = mongo[scratch_db]
     await ensure_indexes(db)
-    fast = readmodel.fast_operation
-    if await readmodel.in_one_transaction(mongo):
-        at_once = [
-            [fast(w, f"{scratch_db}.{name}") for name, merged in batch for w in merged]
-            for batch in batches
-        ]
-        started = time.perf_counter()
-        for operations in at_once:
-            async with mongo.start_session() as session, await session.start_transaction():
-                await mongo.bulk_write(operations, ordered=True, session=session)
-    else:
-        per_collection = [
-            [(name, [fast(w) for w in merged]) for name, merged in batch] for batch in batches
-        ]
-        started = time.perf_counter()
-        for batch_ops in per_collection:
-            for name, operations in batch_ops:
-                await db[name].bulk_write(operations, ordered=True)
+    started = time.perf_counter()
+    for batch in batches:
+        for name, operations in batch:
+            await db[name].bulk_write(operations, ordered=True)
     seconds = time.perf_counter() - started
     return ReadStoreFigures(events=events, orders=orders, batch_size=batch_size, seconds=seconds)

@@ -72,9 +72,6 @@ def stage(write: Write) -> Expression:
     return {"$set": fields}
 
 
-def operation(write: Write, namespace: str | None = None) -> UpdateOne:
-    """`write` as one update pipeline found by `_id` alone (in `namespace`, "db.collection",
-    for a client-level bulk write)."""
-    return UpdateOne(
-        {"_id": write.filter["_id"]}, [stage(write)], upsert=write.upsert, namespace=namespace
-    )
+def operation(write: Write) -> UpdateOne:
+    """`write` as one update pipeline found by `_id` alone."""
+    return UpdateOne({"_id": write.filter["_id"]}, [stage(write)], upsert=write.upsert)

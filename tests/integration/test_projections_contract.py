@@ -7,7 +7,6 @@ rolled-back transactions (positions that never commit), so the log has real gaps
 
 from __future__ import annotations
 
-import os
 import random
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -17,7 +16,6 @@ import asyncpg
 import pytest
 from pymongo import AsyncMongoClient
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import OperationFailure
 
 from app.contracts.eventlog import LoggedEvent, fetch_after
 from app.contracts.generations import FROZEN_UNTIL, SUPERSEDED_BY
@@ -46,20 +44,10 @@ async def snapshot(db: AsyncDatabase[Document]) -> dict[str, list[Document]]:
     }
 
 
-@pytest.fixture(params=["one-transaction", "per-collection"])
-async def mongo_db(
-    settings: Settings, request: pytest.FixtureRequest
-) -> AsyncIterator[AsyncDatabase[Document]]:
-    """This test's own Mongo database, dropped afterwards; batches written each of the two ways
-    (app/projector/readmodel.py)."""
+@pytest.fixture
+async def mongo_db(settings: Settings) -> AsyncIterator[AsyncDatabase[Document]]:
+    """This test's own Mongo database, dropped afterwards."""
     client: AsyncMongoClient[Document] = AsyncMongoClient(settings.mongo_url, tz_aware=True)
-    if request.param == "per-collection":
-        readmodel.use_one_transaction(client, False)
-    elif not await readmodel.in_one_transaction(client):
-        await client.close()
-        # the SecantusDB server the tests start runs them: only a MONGO_URL server may not
-        assert os.environ.get("MONGO_URL"), "the tests' own store takes a batch at once"
-        pytest.skip("this server runs no transactions with a client-level bulkWrite")
     yield client[settings.mongo_db]
     await client.drop_database(settings.mongo_db)
     await client.close()
@@ -191,53 +179,11 @@ async def test_a_failed_rebuild_claims_no_position(
     assert await applied_position(mongo_db) == 0
 
 
-async def test_a_clean_batch_is_one_commit_and_a_redelivered_one_is_sorted_out(
-    fresh_database_url: str,
-    mongo_db: AsyncDatabase[Document],
-    monkeypatch: pytest.MonkeyPatch,
-    rng: random.Random,
-) -> None:
-    """Where the server takes a batch in one transaction, a batch that applies cleanly is
-    committed at once; one that finds a fence closed (part of it landed before a crash) is
-    aborted with nothing written, then applied per collection, and ends exact."""
-    if not await readmodel.in_one_transaction(mongo_db.client):
-        pytest.skip("batches are written per collection here")
-    events = decoded(await make_history(fresh_database_url, rng))
-    await ensure_indexes(mongo_db)
-    for event in events:
-        await readmodel.apply_events(mongo_db, [event])
-    reference = await snapshot(mongo_db)
-    await readmodel.drop(mongo_db)
-    await ensure_indexes(mongo_db)
-    committed: list[bool] = []
-    apply_at_once = readmodel._apply_at_once
-
-    async def recorded(*args: Any) -> bool:
-        committed.append(await apply_at_once(*args))
-        return committed[-1]
-
-    monkeypatch.setattr(readmodel, "_apply_at_once", recorded)
-
-    def folds(batch: list[Decoded]) -> bool:  # else one write per event (coalescing.py)
-        merged = [coalesce(writes) for writes in readmodel._batches(batch).values()]
-        return all(len({w.filter["_id"] for w in m}) == len(m) for m in merged)
-
-    half = len(events) // 2
-    batches = [events[:1], events[1:half], events[half - 5 : half + 5], events[half + 5 :]]
-    for batch in batches:
-        await readmodel.apply_events(mongo_db, batch)
-    assert committed[0], "a clean batch commits in one transaction"
-    assert committed == [True, folds(batches[1]), False, folds(batches[3])], (
-        "a redelivered batch is aborted, then sorted out"
-    )
-    assert await snapshot(mongo_db) == reference
-
-
 async def test_a_frozen_superseded_or_dropped_generation_refuses_the_position(
     fresh_database_url: str, mongo_db: AsyncDatabase[Document], rng: random.Random
 ) -> None:
     """`meta` moves only in a generation whose position may move, and only from at least the
-    position the writer applied: otherwise the batch raises, whichever way it is written."""
+    position the writer applied: otherwise the batch raises."""
     events = decoded(await make_history(fresh_database_url, rng))
     await ensure_indexes(mongo_db)
     half = len(events) // 2
@@ -255,47 +201,3 @@ async def test_a_frozen_superseded_or_dropped_generation_refuses_the_position(
     with pytest.raises(readmodel.ReadModelLost):
         await readmodel.apply_events(mongo_db, events[half:], expected=applied)
     assert await applied_position(mongo_db) == 0
-
-
-async def test_a_server_that_refuses_transactions_is_written_per_collection_from_then_on(
-    fresh_database_url: str,
-    mongo_db: AsyncDatabase[Document],
-    monkeypatch: pytest.MonkeyPatch,
-    rng: random.Random,
-) -> None:
-    """A server that says it runs transactions and bulkWrite but refuses them (as a proxy in
-    front of a standalone server might) costs one warning: the batch and all later ones go
-    per collection."""
-    client = mongo_db.client
-    readmodel.use_one_transaction(client, True)
-    refusals = 0
-
-    async def refusing(*args: Any, **kwargs: Any) -> None:
-        nonlocal refusals
-        refusals += 1
-        raise OperationFailure("Transaction numbers are only allowed on a replica set", 20)
-
-    monkeypatch.setattr(client, "bulk_write", refusing)
-    events = decoded(await make_history(fresh_database_url, rng))
-    await ensure_indexes(mongo_db)
-    await readmodel.apply_events(mongo_db, events[:10])
-    await readmodel.apply_events(mongo_db, events[10:])
-    assert refusals == 1
-    assert not await readmodel.in_one_transaction(client)
-    assert await applied_position(mongo_db) == events[-1].position
-
-
-async def test_equal_clients_keep_their_own_way(settings: Settings) -> None:
-    """Clients with the same options compare equal; the way one writes is still its own (a
-    test forcing one way must not force it on the next test's client)."""
-    first: AsyncMongoClient[Document] = AsyncMongoClient(settings.mongo_url, connect=False)
-    second: AsyncMongoClient[Document] = AsyncMongoClient(settings.mongo_url, connect=False)
-    try:
-        assert first == second
-        readmodel.use_one_transaction(first, False)
-        readmodel.use_one_transaction(second, True)
-        assert not await readmodel.in_one_transaction(first)
-        assert await readmodel.in_one_transaction(second)
-    finally:
-        await first.close()
-        await second.close()
