@@ -2,11 +2,12 @@
 
 Every durable write on the way from a command to the read model waits for an fsync:
 PostgreSQL's commit, RabbitMQ's quorum queue, the read store's commit (SecantusDB runs
-`--sync-on-commit`). They share one disk here, and a virtual disk now and then takes 80-120 ms
-for one fsync; each such stall holds the orders of that moment, whatever the app does
-(docs/benchmarks.md). So the steady runs carry a probe beside them: a thread that writes 4 KiB
-to a file of its own and fsyncs it, every 50 ms (20 small syncs a second, next to the hundreds
-the stack does), and the report gives its p50, p99 and max and how many took 50 ms or more.
+`--sync-on-commit`). They share one disk here, and a virtual disk now and then takes 80 ms
+to over a second for one fsync; each such stall holds the orders of that moment, whatever the
+app does (docs/benchmarks.md). So the steady runs carry a probe beside them: a thread that
+writes 4 KiB to a file of its own and fsyncs it, every 50 ms (20 small syncs a second, next
+to the hundreds the stack does), and the report gives its p50, p99 and max and how many took
+50 ms or more.
 """
 
 from __future__ import annotations

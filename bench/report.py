@@ -44,8 +44,8 @@ def _step_outcome(step: dict[str, Any]) -> str:
     seen = f"{unseen} unseen {tail} s after" if unseen else f"all seen within {tail} s"
     late = f", {behind} events behind at start" if behind else ""
     stalls = step.get("fsync_stalls")
-    disk = f"; {stalls} disk stall{'s' if stalls > 1 else ''}" if stalls else ""
-    return f"{seen}; achieved {step['achieved_per_s']:.0f}/s{late}{disk}"
+    stalled = f"; {stalls} disk stall{'s' if stalls > 1 else ''}" if stalls else ""
+    return f"{seen}; achieved {step['achieved_per_s']:.0f}/s{late}{stalled}"
 
 
 def _step_verdict(step: dict[str, Any], limit_ms: float) -> str:

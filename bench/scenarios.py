@@ -240,11 +240,11 @@ async def steady_rate(
     """Open-loop orders at `rate`: the lag from each 201 until the read model has applied its
     position (and until the broker delivered it), the app's RSS sampled every 0.5 s, and the
     CPU the app and the read store (when started here) used and the disk's fsync latency
-    (bench/disk.py) while the orders came. An order
-    still invisible `tail_s` after the run counts with the lag it had by then (a lower bound)
-    and in `never_visible`. Several ports spread the orders over replicas; `watch_port` reads
-    the position from the one whose projector is active (default: the first port), `others`
-    names further processes whose CPU to report."""
+    (bench/disk.py) while the orders came. An order still invisible `tail_s` after the run
+    counts with the lag it had by then (a lower bound) and in `never_visible`. Several ports
+    spread the orders over replicas; `watch_port` reads the position from the one whose
+    projector is active (default: the first port), `others` names further processes whose CPU
+    to report."""
     watch_at = watch_port or http_load.port_list(port)[0]
     watch = PositionWatch(watch_at, f"/products/{orders.product_ids[0]}")
     delivered = BrokerWatch(settings)
