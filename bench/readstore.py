@@ -5,9 +5,10 @@ and the customer updated, fenced). How many of those the Mongo server absorbs pe
 the rate at which any projector can keep the commit-to-visible lag flat, whatever the rest of
 the pipeline does. This measures it with nothing else in the way: the events of the copied log
 are projected and folded per batch (`project`, `coalesce`: the very writes the projector sends
-for a batch of that size) before the clock starts; then only the `bulk_write` calls run, one
-per collection and batch, ordered, into a scratch database with the read model's indexes. No
-broker, no decoding, no applied position, no acks.
+for a batch of that size, as the same statements: `readmodel.statements`) before the clock
+starts; then only the store's calls run, per collection and batch the read of which upserts'
+documents exist (when there are any) and one ordered `bulk_write`, into a scratch database with
+the read model's indexes. No broker, no decoding, no applied position, no acks.
 
 Expressed as events/s and orders/s (OrderPlaced events in the replayed log / seconds).
 """
@@ -19,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
-from pymongo import AsyncMongoClient, InsertOne, UpdateOne
+from pymongo import AsyncMongoClient
 
 from app.contracts.eventlog import fetch_after
 from app.contracts.readmodel import COLLECTIONS, ensure_indexes
@@ -28,7 +29,8 @@ from app.projector.coalescing import coalesce
 from app.projector.deliveries import decode_logged
 from app.projector.documents import Write, project
 
-Operations = list[tuple[str, list[InsertOne[dict[str, Any]] | UpdateOne]]]
+# per collection: the `_id`s whose existence the projector reads first, and the statements
+Operations = list[tuple[str, list[Any], list[readmodel.Statement]]]
 
 
 @dataclass(frozen=True)
@@ -55,6 +57,7 @@ async def _batches(dsn: str, limit: int, batch_size: int) -> tuple[list[Operatio
     finally:
         await conn.close()
     batches: list[Operations] = []
+    written: dict[str, set[Any]] = {name: set() for name in COLLECTIONS}  # what the replay made
     orders = 0
     for start in range(0, len(logged), batch_size):
         writes: list[Write] = []
@@ -63,11 +66,14 @@ async def _batches(dsn: str, limit: int, batch_size: int) -> tuple[list[Operatio
             orders += decoded.envelope.type == "OrderPlaced"
             if decoded.data is not None:
                 writes += project(decoded.envelope, decoded.data)
-        batches.append([
-            (name, [readmodel.fast_operation(w) for w in coalesce(mine)])
-            for name in COLLECTIONS
-            if (mine := [w for w in writes if w.collection == name])
-        ])  # fmt: skip
+        batch: Operations = []
+        for name in COLLECTIONS:
+            merged = coalesce([w for w in writes if w.collection == name])
+            if merged:
+                wanted = readmodel.lookups(merged)
+                batch.append((name, wanted, readmodel.statements(merged, written[name])))
+                written[name].update(w.filter["_id"] for w in merged if w.upsert)
+        batches.append(batch)
     return batches, len(logged), orders
 
 
@@ -81,7 +87,8 @@ async def run(
     await ensure_indexes(db)
     started = time.perf_counter()
     for batch in batches:
-        for name, operations in batch:
-            await db[name].bulk_write(operations, ordered=True)
+        for name, wanted, statements in batch:
+            await readmodel.existing(db[name], wanted)
+            await db[name].bulk_write(statements, ordered=True)
     seconds = time.perf_counter() - started
     return ReadStoreFigures(events=events, orders=orders, batch_size=batch_size, seconds=seconds)

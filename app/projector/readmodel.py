@@ -4,10 +4,11 @@ app/contracts/readmodel.py; full rebuilds: app/projector/rebuild.py)."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Container, Sequence
 from datetime import UTC, datetime
+from typing import Any
 
-from pymongo import InsertOne, UpdateOne
+from pymongo import InsertOne, UpdateMany, UpdateOne
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import BulkWriteError, DuplicateKeyError
@@ -111,17 +112,20 @@ async def write_documents(db: AsyncDatabase[Document], events: Sequence[Decoded]
 
 
 async def _write_collection(collection: AsyncCollection[Document], writes: list[Write]) -> None:
-    """One write per document (see app.projector.coalescing), each an update pipeline found by
-    `_id` alone (app.projector.pipelines); if any document was already past the batch's start
-    (its merged fence did not hold, so it changed nothing), fall back to one fenced write per
-    event, which is always right. So does a batch with two merged writes for one document
-    (app.projector.coalescing): the later one could apply where the earlier did not."""
+    """One write per document (see app.projector.coalescing) sent as few statements
+    (`statements`), each write an update pipeline found by `_id` alone (app.projector.pipelines)
+    or an insert. If any document was already past the
+    batch's start (its merged fence did not hold, so it changed nothing), fall back to one
+    fenced write per event, which is always right. So does a batch with two merged writes for
+    one document (app.projector.coalescing): the later one could apply where the earlier did
+    not."""
     merged = coalesce(writes)
     if len({w.filter["_id"] for w in merged}) < len(merged):
         await write_ordered(collection, writes)
         return
     try:
-        result = await collection.bulk_write([fast_operation(w) for w in merged], ordered=True)
+        found = await existing(collection, lookups(merged))
+        result = await collection.bulk_write(statements(merged, found), ordered=True)
         done = result.inserted_count + result.modified_count + result.upserted_count
         if done == len(merged):
             return
@@ -131,13 +135,50 @@ async def _write_collection(collection: AsyncCollection[Document], writes: list[
     await write_ordered(collection, writes)
 
 
-def fast_operation(write: Write) -> InsertOne[Document] | UpdateOne:
-    """A write that creates its document (fenced before version 1) and only sets fields is an
-    insert: much cheaper than a fenced upsert, and a duplicate key (the document exists, a
+Statement = InsertOne[Document] | UpdateOne | UpdateMany
+
+
+async def existing(collection: AsyncCollection[Document], ids: list[Any]) -> set[Any]:
+    """Which of `ids` have a document (one read on `_id`; none when `ids` is empty)."""
+    if not ids:
+        return set()
+    return {d["_id"] async for d in collection.find({"_id": {"$in": ids}}, {"_id": 1})}
+
+
+def creates(write: Write) -> bool:
+    """A write that creates its document (fenced before version 1) and only sets fields: sent
+    as an insert, much cheaper than a fenced upsert; a duplicate key (the document exists, a
     redelivery) sends the batch down the fenced path."""
-    if write.upsert and write.filter.get("version") == {"$lt": 1} and set(write.update) == {"$set"}:
-        return InsertOne({"_id": write.filter["_id"], **write.update["$set"]})
-    return pipelines.operation(write)
+    return (
+        write.upsert and write.filter.get("version") == {"$lt": 1} and set(write.update) == {"$set"}
+    )
+
+
+def lookups(merged: Sequence[Write]) -> list[Any]:
+    """The `_id`s of the upserts in `merged` that are not inserts: `statements` needs to know
+    which of them exist."""
+    return [w.filter["_id"] for w in merged if w.upsert and not creates(w)]
+
+
+def statements(merged: Sequence[Write], found: Container[Any]) -> list[Statement]:
+    """`merged` (one write per document) as few statements, SecantusDB committing once per
+    statement: the inserts (`creates`) as one, the updates of documents that exist (upserts
+    among them when their `_id` is in `found`) as `UpdateMany`s of `pipelines.MANY`, every other
+    upsert as an `UpdateOne` of its own (if its document appears meanwhile, the fence decides,
+    as for any upsert)."""
+    inserts: list[Statement] = []
+    updates: list[Write] = []
+    upserts: list[Statement] = []
+    for write in merged:
+        if creates(write):
+            inserts.append(InsertOne({"_id": write.filter["_id"], **write.update["$set"]}))
+        elif write.upsert and write.filter["_id"] not in found:
+            upserts.append(pipelines.operation(write))
+        else:
+            updates.append(write)
+    size = pipelines.MANY
+    chunks = (updates[i : i + size] for i in range(0, len(updates), size))
+    return [*inserts, *(pipelines.many(chunk) for chunk in chunks), *upserts]
 
 
 async def write_ordered(collection: AsyncCollection[Document], writes: Sequence[Write]) -> None:

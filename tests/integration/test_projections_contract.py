@@ -134,6 +134,43 @@ async def test_a_later_write_of_a_document_never_applies_ahead_of_an_earlier_one
     }  # fmt: skip
 
 
+async def test_a_batch_as_few_statements_writes_what_one_write_per_document_writes(
+    mongo_db: AsyncDatabase[Document],
+) -> None:
+    """Updates of documents that exist go as one `UpdateMany` (an upsert among them when its
+    document is there), a new document's upsert as its own `UpdateOne`; each document ends as
+    one fenced write each would leave it, even with an `_id` that looks like a field path."""
+    seed = [{"_id": "$stock", "version": 1, "stock": 5}, {"_id": "b", "version": 1, "n": 1}]
+
+    def fenced(doc_id: str, update: dict[str, Any], upsert: bool = False) -> Write:
+        return Write("products", {"_id": doc_id, "version": {"$lt": 2}}, update, upsert)
+
+    writes = [
+        fenced("$stock", {"$set": {"stock": 4, "version": 2}}),
+        fenced("b", {"$inc": {"n": 2}, "$set": {"version": 2}}, upsert=True),
+        fenced("c", {"$inc": {"n": 3}, "$set": {"version": 2}}, upsert=True),
+        fenced("missing", {"$set": {"stock": 1, "version": 2}}),  # no document: no write
+    ]
+    found = await readmodel.existing(mongo_db["fast"], readmodel.lookups(writes))
+    assert found == set()
+    await mongo_db["fast"].insert_many([dict(d) for d in seed])
+    await mongo_db["slow"].insert_many([dict(d) for d in seed])
+    found = await readmodel.existing(mongo_db["fast"], readmodel.lookups(writes))
+    assert found == {"b"}
+    statements = readmodel.statements(writes, found)
+    assert [type(s).__name__ for s in statements] == ["UpdateMany", "UpdateOne"]
+    result = await mongo_db["fast"].bulk_write(statements, ordered=True)
+    assert (result.modified_count, result.upserted_count) == (2, 1)
+    await readmodel.write_ordered(mongo_db["slow"], writes)
+    fast = [d async for d in mongo_db["fast"].find().sort("_id", 1)]
+    assert fast == [d async for d in mongo_db["slow"].find().sort("_id", 1)]
+    assert fast[0] == {"_id": "$stock", "version": 2, "stock": 4}
+    # applied again, every fence is closed: nothing changes
+    again = await mongo_db["fast"].bulk_write(readmodel.statements(writes, {"b", "c"}))
+    assert again.modified_count == again.upserted_count == 0
+    assert [d async for d in mongo_db["fast"].find().sort("_id", 1)] == fast
+
+
 async def test_a_rebuild_in_chunks_equals_the_projector(
     fresh_database_url: str, mongo_db: AsyncDatabase[Document], rng: random.Random
 ) -> None:

@@ -61,3 +61,39 @@ def test_every_operator_is_fenced_and_values_are_literals() -> None:
     operation = pipelines.operation(write)
     assert operation._filter == {"_id": "c"}  # found by _id alone
     assert operation._upsert is True
+
+
+def test_many_chooses_each_documents_fenced_value_by_its_id_and_keeps_the_rest() -> None:
+    first = Write("products", {"_id": "$p1", "version": {"$lt": 2}}, {"$set": {"stock": 4}})
+    second = Write(
+        "products",
+        {"_id": "p2", "version": {"$lt": 5}},
+        {"$set": {"stock": 9}, "$inc": {"units_sold": 1}},
+    )
+    operation = pipelines.many([first, second])
+    assert operation._filter == {"_id": {"$in": ["$p1", "p2"]}}
+    assert operation._upsert is None  # never an upsert: an UpdateMany upserts one document
+    [stage] = operation._doc
+    one = {"$eq": ["$_id", {"$literal": "$p1"}]}  # an id is never read as a field path
+    two = {"$eq": ["$_id", {"$literal": "p2"}]}
+    assert stage == {
+        "$set": {
+            "stock": {
+                "$switch": {
+                    "branches": [
+                        {"case": one, "then": pipelines.stage(first)["$set"]["stock"]},
+                        {"case": two, "then": pipelines.stage(second)["$set"]["stock"]},
+                    ],
+                    "default": "$stock",
+                }
+            },
+            "units_sold": {
+                "$switch": {
+                    "branches": [
+                        {"case": two, "then": pipelines.stage(second)["$set"]["units_sold"]}
+                    ],
+                    "default": "$units_sold",
+                }
+            },
+        }
+    }
