@@ -114,11 +114,10 @@ async def write_documents(db: AsyncDatabase[Document], events: Sequence[Decoded]
 async def _write_collection(collection: AsyncCollection[Document], writes: list[Write]) -> None:
     """One write per document (see app.projector.coalescing) sent as few statements
     (`statements`), each write an update pipeline found by `_id` alone (app.projector.pipelines)
-    or an insert. If any document was already past the
-    batch's start (its merged fence did not hold, so it changed nothing), fall back to one
-    fenced write per event, which is always right. So does a batch with two merged writes for
-    one document (app.projector.coalescing): the later one could apply where the earlier did
-    not."""
+    or an insert. If any document was already past the batch's start (its merged fence did not
+    hold, so it changed nothing), fall back to one fenced write per event, which is always
+    right. So does a batch with two merged writes for one document (app.projector.coalescing):
+    the later one could apply where the earlier did not."""
     merged = coalesce(writes)
     if len({w.filter["_id"] for w in merged}) < len(merged):
         await write_ordered(collection, writes)

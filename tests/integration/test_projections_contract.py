@@ -138,8 +138,8 @@ async def test_a_batch_as_few_statements_writes_what_one_write_per_document_writ
     mongo_db: AsyncDatabase[Document],
 ) -> None:
     """Updates of documents that exist go as one `UpdateMany` (an upsert among them when its
-    document is there), a new document's upsert as its own `UpdateOne`; each document ends as
-    one fenced write each would leave it, even with an `_id` that looks like a field path."""
+    document is there), a new document's upsert as its own `UpdateOne`; every document ends as
+    one fenced write per document leaves it, even with an `_id` that looks like a field path."""
     seed = [{"_id": "$stock", "version": 1, "stock": 5}, {"_id": "b", "version": 1, "n": 1}]
 
     def fenced(doc_id: str, update: dict[str, Any], upsert: bool = False) -> Write:
