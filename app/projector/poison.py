@@ -82,6 +82,7 @@ class GuardedStore:
         # False for a rebuild's catch-up: a failure of the new code stops the rebuild
         # (ProjectionFailed) rather than hold the stream for the live projector too
         self._holds_streams = holds_streams
+        self._known = readmodel.KnownDocuments()
 
     async def store(self, events: Sequence[Decoded], expected: int | None) -> None:
         """Apply `events` (ascending, after `expected`) and store the last one's position as
@@ -93,7 +94,9 @@ class GuardedStore:
         while True:
             pending = await self._park_held(pending)
             try:
-                await readmodel.apply_events(self._model.db, pending, position, through)
+                await readmodel.apply_events(
+                    self._model.db, pending, position, through, self._known
+                )
                 return
             except Exception as exc:
                 if is_transient(exc):
@@ -118,7 +121,7 @@ class GuardedStore:
         attempts = 1 if event.skipped == "invalid-data" else self._attempts  # never changes
         for attempt in range(1, attempts + 1):
             try:
-                await readmodel.apply_events(self._model.db, [event], position)
+                await readmodel.apply_events(self._model.db, [event], position, known=self._known)
                 return True
             except Exception as exc:
                 if is_transient(exc):

@@ -59,6 +59,7 @@ async def apply_events(
     events: Sequence[Decoded],
     expected: int | None = None,
     through: int | None = None,
+    known: KnownDocuments | None = None,
 ) -> None:
     """Write `events` (in position order) to the documents, then store `through` (default: the
     last event's position) as applied. Idempotent: re-applying any prefix of the log changes
@@ -66,12 +67,13 @@ async def apply_events(
     when `meta` no longer holds at least that. Raises PyMongoError (connection, timeout) with
     some writes possibly done: retry it. Raises InvalidEventData, or whatever a projection or
     the store raises, for an event that cannot be applied (app/projector/poison.py); what was
-    written before is fenced, so applying it all again later stays exact."""
+    written before is fenced, so applying it all again later stays exact. `known` spares the
+    reads of documents a writer already knows exist (`KnownDocuments`)."""
     if through is None:
         if not events:
             return
         through = events[-1].position
-    await write_documents(db, events)
+    await write_documents(db, events, known)
     advance = {"$max": {"position": through}}
     now = datetime.now(UTC)
     if not expected:
@@ -90,7 +92,9 @@ async def apply_events(
         raise ReadModelLost(f"the read model no longer holds position {expected}")
 
 
-async def write_documents(db: AsyncDatabase[Document], events: Sequence[Decoded]) -> None:
+async def write_documents(
+    db: AsyncDatabase[Document], events: Sequence[Decoded], known: KnownDocuments | None = None
+) -> None:
     """The document writes of `events`, without moving the applied position (`apply_events`;
     also a held stream's release, app/operations/parked.py). Raises as `apply_events` does."""
     invalid = [e.position for e in events if e.skipped == "invalid-data"]
@@ -103,7 +107,11 @@ async def write_documents(db: AsyncDatabase[Document], events: Sequence[Decoded]
     # the same writes in turn, for batches of 16 to 256 events (docs/benchmarks.md; on its
     # Python server it was ~30 % fewer). The first failure is raised once all have ended.
     outcomes = await asyncio.gather(
-        *(_write_collection(db[name], batch) for name, batch in by_collection.items() if batch),
+        *(
+            _write_collection(db[name], batch, known)
+            for name, batch in by_collection.items()
+            if batch
+        ),
         return_exceptions=True,
     )
     for outcome in outcomes:
@@ -111,26 +119,40 @@ async def write_documents(db: AsyncDatabase[Document], events: Sequence[Decoded]
             raise outcome
 
 
-async def _write_collection(collection: AsyncCollection[Document], writes: list[Write]) -> None:
+async def _write_collection(
+    collection: AsyncCollection[Document],
+    writes: list[Write],
+    known: KnownDocuments | None = None,
+) -> None:
     """One write per document (see app.projector.coalescing) sent as few statements
     (`statements`), each write an update pipeline found by `_id` alone (app.projector.pipelines)
     or an insert. If any document was already past the batch's start (its merged fence did not
     hold, so it changed nothing), fall back to one fenced write per event, which is always
     right. So does a batch with two merged writes for one document (app.projector.coalescing):
-    the later one could apply where the earlier did not."""
+    the later one could apply where the earlier did not. A document `known` to exist that
+    does not (the read model was dropped) is a shortfall too: that knowledge is forgotten."""
     merged = coalesce(writes)
     if len({w.filter["_id"] for w in merged}) < len(merged):
         await write_ordered(collection, writes)
         return
+    ids = lookups(merged)
     try:
-        found = await existing(collection, lookups(merged))
+        if known is None:
+            found = await existing(collection, ids)
+        else:
+            found = known.of(collection.full_name, ids)
+            found |= await existing(collection, [i for i in ids if i not in found])
         result = await collection.bulk_write(statements(merged, found), ordered=True)
         done = result.inserted_count + result.modified_count + result.upserted_count
         if done == len(merged):
+            if known is not None:
+                known.add(collection.full_name, ids)
             return
     except BulkWriteError as exc:
         if exc.details.get("writeConcernErrors"):
             raise
+    if known is not None:
+        known.forget(collection.full_name)
     await write_ordered(collection, writes)
 
 
@@ -142,6 +164,35 @@ async def existing(collection: AsyncCollection[Document], ids: list[Any]) -> set
     if not ids:
         return set()
     return {d["_id"] async for d in collection.find({"_id": {"$in": ids}}, {"_id": 1})}
+
+
+class KnownDocuments:
+    """The `_id`s of documents a writer has upserted, per collection (by its full name, so each
+    read model generation has its own), so that its next batches need not read whether they
+    exist (`existing`: one read per collection and batch, a customer's on every order). At
+    most `capacity` per collection, the oldest forgotten first. Knowledge that went stale (the
+    collection was dropped) costs no correctness: a document believed to exist is updated
+    without upsert, changes nothing, and the shortfall sends the batch down the fenced path."""
+
+    def __init__(self, capacity: int = 65_536) -> None:
+        self._capacity = capacity
+        self._ids: dict[str, dict[Any, None]] = {}
+
+    def of(self, collection: str, ids: Sequence[Any]) -> set[Any]:
+        """Which of `ids` are known to exist in `collection`."""
+        known = self._ids.get(collection)
+        return {i for i in ids if i in known} if known else set()
+
+    def add(self, collection: str, ids: Sequence[Any]) -> None:
+        known = self._ids.setdefault(collection, {})
+        for i in ids:
+            known.pop(i, None)  # the latest seen last
+            known[i] = None
+        while len(known) > self._capacity:
+            del known[next(iter(known))]
+
+    def forget(self, collection: str) -> None:
+        self._ids.pop(collection, None)
 
 
 def creates(write: Write) -> bool:

@@ -54,12 +54,15 @@ async def mongo_db(settings: Settings) -> AsyncIterator[AsyncDatabase[Document]]
 
 
 async def _apply_in_batches(
-    db: AsyncDatabase[Document], events: list[Decoded], rng: random.Random
+    db: AsyncDatabase[Document],
+    events: list[Decoded],
+    rng: random.Random,
+    known: readmodel.KnownDocuments | None = None,
 ) -> None:
     start = 0
     while start < len(events):
         size = rng.randint(1, 25)
-        await readmodel.apply_events(db, events[start : start + size])
+        await readmodel.apply_events(db, events[start : start + size], known=known)
         start += size
 
 
@@ -70,13 +73,15 @@ async def test_applying_any_prefix_twice_equals_once(
     assert len({e.envelope.type for e in events}) == 8, "the history covers every event type"
     assert any(e.envelope.prev_position != e.position - 1 for e in events), "the log has gaps"
     prefixes = [*sorted(rng.sample(range(1, len(events)), 4)), len(events)]
+    # one writer's memory of the documents that exist, kept across the drops: it goes stale
+    known = readmodel.KnownDocuments()
     for k in prefixes:
         await readmodel.drop(mongo_db)
         await ensure_indexes(mongo_db)
-        await _apply_in_batches(mongo_db, events[:k], rng)
+        await _apply_in_batches(mongo_db, events[:k], rng, known)
         once = await snapshot(mongo_db)
         assert once["meta"] == [{"_id": "projection", "position": events[k - 1].position}]
-        await _apply_in_batches(mongo_db, events[:k], rng)
+        await _apply_in_batches(mongo_db, events[:k], rng, known)
         assert await snapshot(mongo_db) == once, f"prefix of {k} events applied twice"
         await _apply_in_batches(mongo_db, events[: rng.randint(1, k)], rng)
         assert await snapshot(mongo_db) == once, f"a shorter prefix re-applied after {k}"
@@ -132,6 +137,26 @@ async def test_a_later_write_of_a_document_never_applies_ahead_of_an_earlier_one
     assert await customers.find_one({"_id": "c"}) == {
         "_id": "c", "applied": {"x": 1, "y": 2}, "n": 1, "k": 11,
     }  # fmt: skip
+
+
+async def test_a_document_believed_to_exist_that_was_dropped_is_written_and_forgotten(
+    mongo_db: AsyncDatabase[Document],
+) -> None:
+    """A writer remembers the customers it upserted and updates them without reading first;
+    when one is gone (the collection was dropped), the shortfall sends the batch down the
+    fenced path, which creates it, and the memory of that collection is dropped too."""
+    customers, known = mongo_db["customers"], readmodel.KnownDocuments()
+
+    def ordered(order: str) -> Write:
+        fence = {"_id": "c", f"applied.{order}": {"$not": {"$gte": 1}}}
+        return Write("customers", fence, {"$inc": {"n": 1}, "$set": {f"applied.{order}": 1}}, True)
+
+    await readmodel._write_collection(customers, [ordered("x")], known)
+    assert known.of(customers.full_name, ["c"]) == {"c"}
+    await customers.drop()
+    await readmodel._write_collection(customers, [ordered("y")], known)
+    assert await customers.find_one({"_id": "c"}) == {"_id": "c", "n": 1, "applied": {"y": 1}}
+    assert known.of(customers.full_name, ["c"]) == set()
 
 
 async def test_a_batch_as_few_statements_writes_what_one_write_per_document_writes(
