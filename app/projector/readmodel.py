@@ -170,8 +170,8 @@ class KnownDocuments:
     """The `_id`s of documents a writer has upserted, per collection (by its full name, so each
     read model generation has its own), so that its next batches need not read whether they
     exist (`existing`: one read per collection and batch, a customer's on every order). At
-    most `capacity` per collection, the oldest forgotten first. Knowledge that went stale (the
-    collection was dropped) costs no correctness: a document believed to exist is updated
+    most `capacity` per collection, the least recently seen forgotten first. Stale knowledge
+    (the collection was dropped) costs no correctness: a document believed to exist is updated
     without upsert, changes nothing, and the shortfall sends the batch down the fenced path."""
 
     def __init__(self, capacity: int = 65_536) -> None:
