@@ -137,11 +137,8 @@ async def _write_collection(
         return
     ids = lookups(merged)
     try:
-        if known is None:
-            found = await existing(collection, ids)
-        else:
-            found = known.of(collection.full_name, ids)
-            found |= await existing(collection, [i for i in ids if i not in found])
+        found = known.of(collection.full_name, ids) if known is not None else set()
+        found |= await existing(collection, [i for i in ids if i not in found])
         result = await collection.bulk_write(statements(merged, found), ordered=True)
         done = result.inserted_count + result.modified_count + result.upserted_count
         if done == len(merged):
