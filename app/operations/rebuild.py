@@ -136,6 +136,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
 # collections of a quarter of a million objects: with CPython's defaults the collector took
 # about 45 % of a rebuild's CPU (61,000 events in-process, docs/benchmarks.md). A batch job:
 # the pauses, 70-100 ms each, matter less than their number. The bench's rebuild runs with it.
+# While it folds the log, the rebuild pauses automatic collection altogether (app/projector/
+# rebuild.py, `_COLLECT_EVERY`); this setting serves the rest: catch-up, compare, verify.
 YOUNG_EVERY: Final = 100_000
 
 

@@ -7,6 +7,7 @@ rolled-back transactions (positions that never commit), so the log has real gaps
 
 from __future__ import annotations
 
+import gc
 import random
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -239,6 +240,41 @@ async def test_a_failed_rebuild_claims_no_position(
             await rebuild(pool, mongo_db, batch_size=len(events) // 4)
     assert reads == 3, "it failed on its third read, after two chunks"
     assert await applied_position(mongo_db) == 0
+    assert gc.isenabled(), "the collector is back on after a failed rebuild"
+
+
+async def test_a_rebuild_folds_with_the_collector_paused_and_collects_cycles_itself(
+    fresh_database_url: str,
+    mongo_db: AsyncDatabase[Document],
+    monkeypatch: pytest.MonkeyPatch,
+    rng: random.Random,
+) -> None:
+    """Automatic collection is off while the log is folded (rebuild.py, `_COLLECT_EVERY`), the
+    rebuild collects every few chunks itself, and the collector is on again afterwards."""
+    events = await make_history(fresh_database_url, rng)
+    enabled_while_folding: list[bool] = []
+    collections: list[int] = []
+    collect = gc.collect
+
+    def counted(generation: int = 2) -> int:
+        collections.append(generation)
+        return collect(generation)
+
+    monkeypatch.setattr(rebuild_module, "_COLLECT_EVERY", 2)
+    monkeypatch.setattr(gc, "collect", counted)
+    pool = await asyncpg.create_pool(fresh_database_url, min_size=1, max_size=2)
+    assert pool is not None
+    async with pool:
+        chunk = len(events) // 5 + 1  # five chunks
+        await rebuild(
+            pool,
+            mongo_db,
+            batch_size=chunk,
+            progress=lambda _: enabled_while_folding.append(gc.isenabled()),
+        )
+    assert enabled_while_folding == [False] * 5
+    assert len(collections) == 2, "one collection per two chunks"
+    assert gc.isenabled()
 
 
 async def test_a_frozen_superseded_or_dropped_generation_refuses_the_position(

@@ -1,10 +1,12 @@
 """The long-running processes set the garbage collector as app/plumbing/collector.py says:
 start-up's objects frozen out of later collections, the youngest generation collected less
-often, collection still on; `python -m app rebuild` does it before it rebuilds."""
+often, collection still on; `python -m app rebuild` does it before it rebuilds. `paused` turns
+automatic collection off for a block and back as it was."""
 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import subprocess
 import sys
@@ -13,7 +15,7 @@ import pytest
 
 import app.__main__ as cli
 from app.operations import rebuild as rebuild_command
-from app.plumbing import logs
+from app.plumbing import collector, logs
 from app.plumbing.settings import Settings
 
 _SETTLED = """
@@ -52,3 +54,20 @@ def test_the_rebuild_command_settles_the_collector_before_it_rebuilds(
     assert cli.main(["rebuild"]) == 0
     assert calls == [("settle", rebuild_command.YOUNG_EVERY), "rebuild"]
     assert rebuild_command.YOUNG_EVERY > 700  # less often than CPython's default
+
+
+def test_paused_turns_automatic_collection_off_and_back_as_it_was() -> None:
+    assert gc.isenabled()
+    with collector.paused():
+        assert not gc.isenabled()
+    assert gc.isenabled()
+    with pytest.raises(RuntimeError), collector.paused():
+        raise RuntimeError("the block failed")
+    assert gc.isenabled(), "back on after a failure too"
+    gc.disable()
+    try:
+        with collector.paused():
+            pass
+        assert not gc.isenabled(), "it was off before: it stays off"
+    finally:
+        gc.enable()
