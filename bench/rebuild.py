@@ -6,6 +6,9 @@ whatever the earlier scenarios wrote. `app.projector.rebuild.rebuild` then runs 
 position 0 of that log into a scratch Mongo database. The ceiling reads the rebuilt
 collections back and inserts them, with the same indexes in place, into a second scratch
 database with unordered `insert_many` batches. Both are expressed as events per second.
+The two run in turn `rounds` times (each round on fresh databases), and the figures are
+their sums: a machine getting busier or quieter meanwhile weighs on both alike, as the GET
+scenario does. Each round's ratio is kept too, to show the spread.
 
 The rebuild runs with the garbage collector set as `python -m app rebuild` sets it
 (app/operations/rebuild.py, `YOUNG_EVERY`), the bench's own settings back before the ceiling.
@@ -22,6 +25,7 @@ from typing import Any
 
 import asyncpg
 from pymongo import AsyncMongoClient
+from pymongo.asynchronous.database import AsyncDatabase
 
 from app.contracts.readmodel import COLLECTIONS, META, ensure_indexes
 from app.operations import rebuild as rebuild_command
@@ -35,16 +39,17 @@ _BATCH = 1000
 class RebuildFigures:
     events: int
     documents: int
-    rebuild_s: float
+    rebuild_s: float  # summed over the rounds
     raw_s: float
+    round_ratios: tuple[float, ...]
 
     @property
     def rebuild_rate(self) -> float:
-        return self.events / self.rebuild_s
+        return self.events * len(self.round_ratios) / self.rebuild_s
 
     @property
     def raw_rate(self) -> float:
-        return self.events / self.raw_s
+        return self.events * len(self.round_ratios) / self.raw_s
 
     @property
     def ratio(self) -> float:
@@ -81,28 +86,48 @@ def _collector_of_the_command() -> Iterator[None]:
 
 
 async def run(
-    dsn: str, mongo: AsyncMongoClient[dict[str, Any]], rebuilt_db: str, raw_db: str
+    dsn: str,
+    mongo: AsyncMongoClient[dict[str, Any]],
+    rebuilt_db: str,
+    raw_db: str,
+    rounds: int = 1,
 ) -> RebuildFigures:
-    """Rebuild from the log at `dsn` into `rebuilt_db`, then the raw ceiling into `raw_db`."""
+    """Rebuild from the log at `dsn` into `rebuilt_db`, then the raw ceiling into `raw_db`,
+    `rounds` times in turn."""
     pool = await asyncpg.create_pool(dsn, min_size=1, max_size=2)
     assert pool is not None
+    rebuilds: list[float] = []
+    raws: list[float] = []
+    target, raw = mongo[rebuilt_db], mongo[raw_db]
     try:
         async with pool.acquire() as conn:
             events: int = await conn.fetchval("SELECT count(*) FROM events")
-        target = mongo[rebuilt_db]
-        with _collector_of_the_command():
-            started = time.perf_counter()
-            await rebuild(pool, target)
-            rebuild_s = time.perf_counter() - started
+        documents: dict[str, list[dict[str, Any]]] = {}
+        for _ in range(rounds):
+            with _collector_of_the_command():
+                started = time.perf_counter()
+                await rebuild(pool, target)  # drops what the round before built
+                rebuilds.append(time.perf_counter() - started)
+            if not documents:
+                documents = {
+                    name: await target[name].find({}).to_list() for name in (*COLLECTIONS, META)
+                }
+            await mongo.drop_database(raw_db)
+            raws.append(await _insert_raw(raw, documents))
     finally:
         await pool.close()
-    documents = {name: await target[name].find({}).to_list() for name in (*COLLECTIONS, META)}
-    raw = mongo[raw_db]
+    total = sum(len(docs) for docs in documents.values())
+    ratios = tuple(round(r / b, 3) for r, b in zip(raws, rebuilds, strict=True))
+    return RebuildFigures(events, total, sum(rebuilds), sum(raws), ratios)
+
+
+async def _insert_raw(
+    raw: AsyncDatabase[dict[str, Any]], documents: dict[str, list[dict[str, Any]]]
+) -> float:
+    """Seconds to create the indexes and insert `documents` in unordered batches."""
     started = time.perf_counter()
     await ensure_indexes(raw)
     for name, docs in documents.items():
         for start in range(0, len(docs), _BATCH):
             await raw[name].insert_many(docs[start : start + _BATCH], ordered=False)
-    raw_s = time.perf_counter() - started
-    total = sum(len(docs) for docs in documents.values())
-    return RebuildFigures(events=events, documents=total, rebuild_s=rebuild_s, raw_s=raw_s)
+    return time.perf_counter() - started

@@ -214,7 +214,8 @@ def rows(r: dict[str, Any]) -> list[Row]:
         (
             "read-model rebuild",
             f"{rb['rebuild_events_per_s']:.0f} events/s",
-            f"{rb['raw_events_per_s']:.0f} events/s (insert_many)",
+            f"{rb['raw_events_per_s']:.0f} events/s (insert_many); rounds "
+            + " ".join(f"{x:.2f}" for x in rb.get("round_ratios", ())),
             f"{rb['ratio']:.2f}",
             f">= 0.70 {_verdict(rb['ratio'] >= 0.7)}",
         ),
