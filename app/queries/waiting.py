@@ -7,6 +7,7 @@ import math
 from typing import Protocol
 
 import pymongo
+from pymongo.errors import PyMongoError
 
 from app.contracts.generations import ReadModel
 from app.plumbing.problems import ServiceUnavailable
@@ -34,7 +35,9 @@ class MongoPositionWaiter:
 
     However many requests wait, it reads `meta` at most once per poll interval, so the load on
     Mongo stays bounded. `current` is the last value read: a lower bound of the applied position.
-    Mongo errors propagate (the caller answers 503).
+    Mongo errors propagate (the caller answers 503), but for a read of `meta` that timed out
+    with the wait itself: the wait is over, and its answer is the one of any wait at its
+    bound, "not yet" (a store that is really gone fails the reads that follow).
     """
 
     def __init__(self, model: ReadModel, poll_interval: float) -> None:
@@ -52,7 +55,12 @@ class MongoPositionWaiter:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while True:
-            await self._refresh(deadline)
+            try:
+                await self._refresh(deadline)
+            except PyMongoError as exc:
+                if not exc.timeout or loop.time() < deadline:
+                    raise
+                return self._current >= position  # the poll ran into the wait's bound
             if self._current >= position:
                 return True
             remaining = deadline - loop.time()
