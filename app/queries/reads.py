@@ -34,10 +34,11 @@ def _collection(db: Db, name: str) -> AsyncCollection[Document]:
     """`db[name]`, made once per database object: PyMongo builds a new collection object on
     every `db[name]` (5.9 µs against 0.4 µs for this lookup, docs/benchmarks.md), and every
     read asks for one. A process keeps its database object until the read model moves to
-    another generation; `collection.database is db` tells a reused id from the same object."""
+    another generation. Keyed by `id(db)`: a kept collection holds its database, so no other
+    object can have that id while the entry exists."""
     key = (id(db), name)
     collection = _COLLECTIONS.get(key)
-    if collection is None or collection.database is not db:
+    if collection is None:
         if len(_COLLECTIONS) >= _KEPT:
             _COLLECTIONS.clear()
         collection = _COLLECTIONS[key] = db[name]
