@@ -45,7 +45,7 @@ async def _read_store(
 
 
 async def _read_side(st: Stack, port: int, ids: list[str], plan: Plan, out: dict[str, Any]) -> None:
-    """The app and the bare endpoint in turn, four times each (quick: twice), so that a machine
+    """The app and the bare endpoint in turn, `plan.read_rounds` times each, so that a machine
     getting busier or quieter during the scenario weighs on both alike."""
     bare, bare_port = await st.serve("bench.bare_app")
     progress("GET /orders/{id}: app and bare Starlette, in turn")
@@ -53,7 +53,7 @@ async def _read_side(st: Stack, port: int, ids: list[str], plan: Plan, out: dict
     results: dict[str, list[LoadResult]] = {name: [] for name in targets}
     for target in targets.values():
         await scenarios.get_orders(target, ids, 1.0)
-    rounds = 2 if plan.quick else 4
+    rounds = plan.read_rounds
     for _ in range(rounds):
         for name, target in targets.items():
             result = await scenarios.get_orders(target, ids, plan.read_s / rounds)
@@ -73,7 +73,7 @@ async def _read_side(st: Stack, port: int, ids: list[str], plan: Plan, out: dict
 async def _rebuild(
     st: Stack, mongo: AsyncMongoClient[dict[str, Any]], log: str, plan: Plan, out: dict[str, Any]
 ) -> None:
-    rounds = 2 if plan.quick else 3
+    rounds = plan.rebuild_rounds
     progress(f"read-model rebuild from the log, then the raw insert ceiling, {rounds} times")
     figures = await rebuild.run(
         log, mongo, st.scratch_mongo_db("rebuilt"), st.scratch_mongo_db("raw"), rounds

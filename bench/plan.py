@@ -15,7 +15,9 @@ class Plan:
     tail_s: float  # how long after the steady run an order may still become visible
     catch_up_s: float  # the longest wait for the read model between scenarios
     read_s: float
+    read_rounds: int  # GET /orders/{id}: the app and the bare endpoint run in turn this often
     rebuild_events: int
+    rebuild_rounds: int  # the rebuild and its raw-insert ceiling run in turn this often
     readstore_events: int
     relay_events: int
     probe_s: float  # each step of the sustained-rate search
@@ -24,5 +26,5 @@ class Plan:
     probe_start: float  # the first step's rate, as a fraction of the maximum
 
 
-QUICK = Plan(True, 1, 4, 10, 0.25, 3, 20, 3, 8_000, 5_000, 8_000, 15, 2, 2, 0.25)
-FULL = Plan(False, 5, 30, 300, 0.2, 10, 120, 20, 60_000, 20_000, 50_000, 60, 4, 3, 0.25)
+QUICK = Plan(True, 1, 4, 10, 0.25, 3, 20, 3, 2, 8_000, 2, 5_000, 8_000, 15, 2, 2, 0.25)
+FULL = Plan(False, 5, 30, 300, 0.2, 10, 120, 20, 4, 60_000, 3, 20_000, 50_000, 60, 4, 3, 0.25)
