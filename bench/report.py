@@ -106,7 +106,7 @@ def _where_rows(lag: dict[str, Any], at: str = "") -> list[Row]:
     relay = f"p50 {lag['relay_p50_ms']:.1f}  p99 {lag['relay_p99_ms']:.1f} ms"
     return [
         (f"    answer -> broker delivery{at}", relay, "", "", ""),
-        (f"    CPU there{at}", _cores(lag), "", "", ""),
+        (f"    CPU there{at}", _cores(lag), _machine(lag), "", ""),
         *_disk_rows(lag, at),
     ]
 
@@ -124,6 +124,14 @@ def _disk_rows(lag: dict[str, Any], at: str) -> list[Row]:
 def _cores(lag: dict[str, Any]) -> str:
     """The cores the app and the read store used during a steady run."""
     return ", ".join(f"{name} {cores:.2f}" for name, cores in lag.get("cores", {}).items())
+
+
+def _machine(lag: dict[str, Any]) -> str:
+    """How much of the whole machine was busy meanwhile (every process on it, the bench's own
+    included): near all of it, every process waits for a core, and latency grows with it."""
+    if "machine_busy_cores" not in lag:
+        return ""
+    return f"the machine: {lag['machine_busy_cores']:.2f} of {lag['machine_cores']} cores busy"
 
 
 def _place_order_rows(po: dict[str, Any]) -> list[Row]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 import contextlib
+import os
 import random
 import time
 import uuid
@@ -31,7 +32,7 @@ from app.plumbing.settings import Settings
 from bench import http_load
 from bench.disk import FsyncProbe
 from bench.http_load import LoadResult
-from bench.stack import Process, cpu_seconds, memory_kib
+from bench.stack import Process, cpu_seconds, machine_ticks, memory_kib
 
 PRODUCTS = 1000
 CUSTOMERS = 2000
@@ -228,6 +229,7 @@ class SteadyRun:
     rss_mib: list[tuple[float, float]]  # (seconds since start, MiB)
     peak_mib: float
     cores: dict[str, float]  # CPU seconds per wall second of the app and the read store
+    machine_busy: float  # cores of the whole machine busy meanwhile (every process on it)
     relay_s: list[float]  # per order: from its answer until the broker delivered its event
     fsync_s: list[float]  # the disk's fsyncs meanwhile (bench/disk.py)
 
@@ -263,7 +265,7 @@ async def steady_rate(
     try:
         async with delivered.watching():
             with FsyncProbe(store.storage if store else None) as disk:
-                load, cores = await _orders_at(rate, duration_s, port, orders, placed, pids)
+                load, cores, busy = await _orders_at(rate, duration_s, port, orders, placed, pids)
             await watch.wait_visible(max(placed.positions, default=0), within_s=tail_s)
         gave_up = time.perf_counter()
     finally:
@@ -282,19 +284,24 @@ async def steady_rate(
     if app.popen.poll() is not None:
         raise RuntimeError(f"the app exited during the run:\n{app.output()[-4000:]}")
     peak = memory_kib(app.pid)["VmHWM"] / 1024
-    return SteadyRun(load, lags, never, rss, peak, cores, relay, disk.latencies_s)
+    return SteadyRun(load, lags, never, rss, peak, cores, busy, relay, disk.latencies_s)
 
 
 async def _orders_at(
     rate: float, duration_s: float, port: http_load.Ports, orders: Orders, placed: PlacedOrders,
     pids: dict[str, int],
-) -> tuple[LoadResult, dict[str, float]]:  # fmt: skip
-    """The open-loop run, and the cores each of `pids` used meanwhile."""
+) -> tuple[LoadResult, dict[str, float], float]:  # fmt: skip
+    """The open-loop run, the cores each of `pids` used meanwhile, and how many of the
+    machine's cores were busy (all processes, this one too)."""
     cpu = {name: cpu_seconds(pid) for name, pid in pids.items()}
+    busy, ticks = machine_ticks()
     load = await http_load.open_loop(
         "127.0.0.1", port, rate, duration_s, orders.request, placed.on_response
     )
-    return load, {name: (cpu_seconds(pid) - cpu[name]) / load.wall_s for name, pid in pids.items()}
+    busy_after, ticks_after = machine_ticks()
+    machine = (busy_after - busy) / max(1, ticks_after - ticks) * (os.cpu_count() or 1)
+    cores = {name: (cpu_seconds(pid) - cpu[name]) / load.wall_s for name, pid in pids.items()}
+    return load, cores, machine
 
 
 async def get_orders(port: int, order_ids: list[str], duration_s: float) -> LoadResult:

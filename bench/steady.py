@@ -4,6 +4,7 @@ one run, and the lag run at half the maximum with the app's memory samples."""
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -106,8 +107,8 @@ class Running:
 
 
 def lag_figures(rate: float, run: scenarios.SteadyRun) -> dict[str, Any]:
-    """The figures of one steady run: the lag, the relay's part of it, the cores used, the
-    disk's fsyncs."""
+    """The figures of one steady run: the lag, the relay's part of it, the cores used (and
+    those of the whole machine), the disk's fsyncs."""
     lags, relay, fsyncs = run.lags_s, run.relay_s, run.fsync_s
     return {
         "rate_per_s": round(rate, 1), "achieved_per_s": round(run.load.rate, 1),
@@ -118,6 +119,7 @@ def lag_figures(rate: float, run: scenarios.SteadyRun) -> dict[str, Any]:
         "relay_p50_ms": ms(http_load.percentile(relay, 50)),
         "relay_p99_ms": ms(http_load.percentile(relay, 99)),
         "cores": {name: round(cores, 2) for name, cores in run.cores.items()},
+        "machine_busy_cores": round(run.machine_busy, 2), "machine_cores": os.cpu_count(),
         "fsync_p50_ms": ms(http_load.percentile(fsyncs, 50)),
         "fsync_p99_ms": ms(http_load.percentile(fsyncs, 99)),
         "fsync_max_ms": ms(max(fsyncs, default=0.0)),
