@@ -26,6 +26,7 @@ from app.commands.order_rules import LineRequest, PlaceOrder
 from app.commands.orders import place_order
 from app.commands.outbox import EventMetadata
 from app.commands.products import CreateProduct, create_product
+from app.contracts.events import routing_key
 from app.plumbing.localstore import LocalStore
 from app.plumbing.resources import connect_broker
 from app.plumbing.settings import Settings
@@ -190,19 +191,23 @@ class PositionWatch:
         return self.seen_at[index] if index < len(self.seen_at) else None
 
 
-class _Positioned(msgspec.Struct):
-    position: int
+class _Streamed(msgspec.Struct):
+    stream_id: str
 
 
 class BrokerWatch:
-    """When each event reached the broker's consumers: a side queue (exclusive, auto-deleted,
-    no acks) bound to the app's exchange. It splits the commit-to-visible lag into the relay's
-    part (answer until the broker delivers the event) and the rest (the projector's)."""
+    """When each order's event reached the broker's consumers: a side queue (exclusive,
+    auto-deleted, no acks) bound to the app's exchange for `OrderPlaced` alone, the first of an
+    order's events (its `StockReserved` ones follow it in the same publish). It splits the
+    commit-to-visible lag into the relay's part (answer until the broker delivers the event) and
+    the rest (the projector's). One event of the ~3 an order makes: bound to all of them, the
+    broker's extra deliveries and their decoding here took ~0.1 of a core at half the maximum,
+    on a machine the lag run already keeps nearly busy (docs/benchmarks.md)."""
 
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
-        self.arrived: dict[int, float] = {}
-        self._decode = msgspec.json.Decoder(_Positioned).decode
+        self.arrived: dict[str, float] = {}  # by order id
+        self._decode = msgspec.json.Decoder(_Streamed).decode
 
     @contextlib.asynccontextmanager
     async def watching(self) -> AsyncIterator[BrokerWatch]:
@@ -211,14 +216,15 @@ class BrokerWatch:
             channel = await connection.channel()
             queue = (await channel.queue_declare("", exclusive=True, auto_delete=True)).queue
             assert queue is not None
-            await channel.queue_bind(queue, self._settings.exchange, routing_key="#")
+            placed = routing_key("OrderPlaced")
+            await channel.queue_bind(queue, self._settings.exchange, routing_key=placed)
             await channel.basic_consume(queue, self._on_message, no_ack=True)
             yield self
         finally:
             await connection.close()
 
     async def _on_message(self, message: aiormq.abc.DeliveredMessage) -> None:
-        self.arrived[self._decode(message.body).position] = time.perf_counter()
+        self.arrived[self._decode(message.body).stream_id] = time.perf_counter()
 
 
 @dataclass
@@ -230,7 +236,7 @@ class SteadyRun:
     peak_mib: float
     cores: dict[str, float]  # CPU seconds per wall second of the app and the read store
     machine_busy: float  # cores of the whole machine busy meanwhile (every process on it)
-    relay_s: list[float]  # per order: from its answer until the broker delivered its event
+    relay_s: list[float]  # per order: from its answer until the broker delivered its OrderPlaced
     fsync_s: list[float]  # the disk's fsyncs meanwhile (bench/disk.py)
 
 
@@ -275,12 +281,13 @@ async def steady_rate(
     lags: list[float] = []
     relay: list[float] = []
     never = 0
-    for position, answered in zip(placed.positions, placed.answered_at, strict=True):
+    answers = zip(placed.ids, placed.positions, placed.answered_at, strict=True)
+    for order_id, position, answered in answers:
         visible = watch.visible_at(position)
         never += visible is None
         lags.append(max(0.0, (gave_up if visible is None else visible) - answered))
-        if position in delivered.arrived:
-            relay.append(max(0.0, delivered.arrived[position] - answered))
+        if order_id in delivered.arrived:
+            relay.append(max(0.0, delivered.arrived[order_id] - answered))
     if app.popen.poll() is not None:
         raise RuntimeError(f"the app exited during the run:\n{app.output()[-4000:]}")
     peak = memory_kib(app.pid)["VmHWM"] / 1024
