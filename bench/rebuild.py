@@ -39,21 +39,24 @@ _BATCH = 1000
 class RebuildFigures:
     events: int
     documents: int
-    rebuild_s: float  # summed over the rounds
-    raw_s: float
-    round_ratios: tuple[float, ...]
+    rebuild_s: tuple[float, ...]  # each round's
+    raw_s: tuple[float, ...]
 
     @property
     def rebuild_rate(self) -> float:
-        return self.events * len(self.round_ratios) / self.rebuild_s
+        return self.events * len(self.rebuild_s) / sum(self.rebuild_s)
 
     @property
     def raw_rate(self) -> float:
-        return self.events * len(self.round_ratios) / self.raw_s
+        return self.events * len(self.raw_s) / sum(self.raw_s)
 
     @property
     def ratio(self) -> float:
-        return self.raw_s / self.rebuild_s
+        return sum(self.raw_s) / sum(self.rebuild_s)
+
+    @property
+    def round_ratios(self) -> tuple[float, ...]:
+        return tuple(round(r / b, 3) for r, b in zip(self.raw_s, self.rebuild_s, strict=True))
 
 
 _COLUMNS = ("event_id", "stream_type", "stream_id", "stream_version", "type", "schema_version",
@@ -117,8 +120,7 @@ async def run(
     finally:
         await pool.close()
     total = sum(len(docs) for docs in documents.values())
-    ratios = tuple(round(r / b, 3) for r, b in zip(raws, rebuilds, strict=True))
-    return RebuildFigures(events, total, sum(rebuilds), sum(raws), ratios)
+    return RebuildFigures(events, total, tuple(rebuilds), tuple(raws))
 
 
 async def _insert_raw(
