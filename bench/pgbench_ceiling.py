@@ -26,6 +26,7 @@ from app.commands.order_rules import LineRequest, PlaceOrder
 from app.commands.orders import place_order
 from app.commands.outbox import EventMetadata
 from bench import http_load
+from bench.stack import CpuUse
 
 # Product ids pgbench can name: this prefix and 12 decimal digits (valid hex), first 10**11.
 _ID_PREFIX = "00000000-0000-4000-8000-"
@@ -150,6 +151,8 @@ class PgbenchResult:
     cpu_s: float  # pgbench's own CPU time (the load generator's, for the table)
     wall_s: float
     latencies: list[float] = field(default_factory=list)  # seconds, one per transaction
+    # the whole machine's busy CPU meanwhile: pgbench, its PostgreSQL backends, anything else
+    machine_cpu_s: float = 0.0
 
     def percentile(self, q: float) -> float:
         return http_load.percentile(self.latencies, q)
@@ -187,12 +190,15 @@ async def run(dsn: str, text: str, clients: int, duration_s: float) -> PgbenchRe
         directory = Path(tmp)
         (directory / "place_order.sql").write_text(text, encoding="utf-8")
         children, started = _children_cpu_s(), time.perf_counter()
+        machine = CpuUse({})
+        machine.start()
         process = await _pgbench(
             "-n", "-f", str(directory / "place_order.sql"), "-c", str(clients), "-j", "2",
             "-T", str(max(1, round(duration_s))), "-D", "n=0",
             "-l", "--log-prefix", str(directory / "log"), dsn,
         )  # fmt: skip
         out, err = await process.communicate()
+        machine.stop()
         cpu_s, wall_s = _children_cpu_s() - children, time.perf_counter() - started
         report = out.decode()
         failed = re.search(r"number of failed transactions: (\d+)", report)
@@ -201,4 +207,6 @@ async def run(dsn: str, text: str, clients: int, duration_s: float) -> PgbenchRe
         latencies = _latencies(directory)
     tps = re.search(r"tps = ([\d.]+) \(without initial connection time\)", report)
     assert tps is not None, report
-    return PgbenchResult(float(tps.group(1)), len(latencies), cpu_s, wall_s, latencies)
+    return PgbenchResult(
+        float(tps.group(1)), len(latencies), cpu_s, wall_s, latencies, machine.machine_s
+    )

@@ -122,7 +122,7 @@ def _disk_rows(lag: dict[str, Any], at: str) -> list[Row]:
 
 
 def _cores(lag: dict[str, Any]) -> str:
-    """The cores the app and the read store used during a steady run."""
+    """The cores the app, the read store and the services used during a steady run."""
     return ", ".join(f"{name} {cores:.2f}" for name, cores in lag.get("cores", {}).items())
 
 
@@ -151,6 +151,7 @@ def _place_order_rows(po: dict[str, Any]) -> list[Row]:
             "",
             "",
         ),
+        *_cpu_rows(po),
         (
             "  the handler on asyncpg, no HTTP",
             f"{po['handler_per_s']:.0f} orders/s, p50 {po['handler_p50_ms']:.1f}"
@@ -159,6 +160,28 @@ def _place_order_rows(po: dict[str, Any]) -> list[Row]:
             f"{po['handler_ratio']:.2f}",
             "",
         ),
+    ]
+
+
+def _cpu_rows(po: dict[str, Any]) -> list[Row]:
+    """What one order cost the machine's cores, and who spent it, beside one pgbench
+    transaction: where the cores are the limit, the rate ratio follows this one."""
+    if po.get("cpu_ratio") is None:
+        return []
+
+    def spent(by: dict[str, float]) -> str:
+        return ", ".join(f"{name} {ms:.2f}" for name, ms in by.items()) + " ms"
+
+    return [
+        (
+            "  CPU per order, the whole machine",
+            f"{po['http_cpu_ms']:.2f} ms",
+            f"{po['ceiling_cpu_ms']:.2f} ms per transaction",
+            f"{po['cpu_ratio']:.2f}",
+            "",
+        ),
+        ("    of it, our processes", spent(po["http_cpu_ms_processes"]), "", "", ""),
+        ("    of it, the services", spent(po["http_cpu_ms_services"]), "", "", ""),
     ]
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import bisect
 import contextlib
-import os
 import random
 import time
 import uuid
@@ -33,7 +32,7 @@ from app.plumbing.settings import Settings
 from bench import http_load
 from bench.disk import FsyncProbe
 from bench.http_load import LoadResult
-from bench.stack import Process, cpu_seconds, machine_ticks, memory_kib
+from bench.stack import CpuUse, Process, memory_kib
 
 PRODUCTS = 1000
 CUSTOMERS = 2000
@@ -234,7 +233,7 @@ class SteadyRun:
     never_visible: int
     rss_mib: list[tuple[float, float]]  # (seconds since start, MiB)
     peak_mib: float
-    cores: dict[str, float]  # CPU seconds per wall second of the app and the read store
+    cores: dict[str, float]  # CPU seconds per wall second: the app, the read store, the services
     machine_busy: float  # cores of the whole machine busy meanwhile (every process on it)
     relay_s: list[float]  # per order: from its answer until the broker delivered its OrderPlaced
     fsync_s: list[float]  # the disk's fsyncs meanwhile (bench/disk.py)
@@ -298,17 +297,17 @@ async def _orders_at(
     rate: float, duration_s: float, port: http_load.Ports, orders: Orders, placed: PlacedOrders,
     pids: dict[str, int],
 ) -> tuple[LoadResult, dict[str, float], float]:  # fmt: skip
-    """The open-loop run, the cores each of `pids` used meanwhile, and how many of the
-    machine's cores were busy (all processes, this one too)."""
-    cpu = {name: cpu_seconds(pid) for name, pid in pids.items()}
-    busy, ticks = machine_ticks()
+    """The open-loop run, the cores each of `pids` and each service on this machine
+    (PostgreSQL, RabbitMQ: `CpuUse`) used meanwhile, and how many of the machine's cores were
+    busy (all processes, this one too)."""
+    cpu = CpuUse(pids)
+    cpu.start()
     load = await http_load.open_loop(
         "127.0.0.1", port, rate, duration_s, orders.request, placed.on_response
     )
-    busy_after, ticks_after = machine_ticks()
-    machine = (busy_after - busy) / max(1, ticks_after - ticks) * (os.cpu_count() or 1)
-    cores = {name: (cpu_seconds(pid) - cpu[name]) / load.wall_s for name, pid in pids.items()}
-    return load, cores, machine
+    cpu.stop()
+    used = cpu.processes | cpu.services
+    return load, {name: s / load.wall_s for name, s in used.items()}, cpu.machine_s / load.wall_s
 
 
 async def get_orders(port: int, order_ids: list[str], duration_s: float) -> LoadResult:

@@ -20,7 +20,7 @@ import uuid
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Final
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
@@ -99,8 +99,60 @@ def memory_kib(pid: int) -> dict[str, int]:
 def cpu_seconds(pid: int) -> float:
     """User plus system CPU time `pid` has used so far, from /proc."""
     with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
-        fields = stat.read().rsplit(")", 1)[1].split()
+        return _stat_cpu_s(stat.read())
+
+
+def _stat_cpu_s(stat: str) -> float:
+    fields = stat.rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+# the shared services on this machine, by process name: all their processes count
+SERVICES: Final = {"postgres": "PostgreSQL", "beam.smp": "RabbitMQ"}
+
+
+def services_cpu_s() -> dict[int, tuple[str, float]]:
+    """Each running process of the SERVICES: its pid, the service and its CPU so far."""
+    found: dict[int, tuple[str, float]] = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat", encoding="ascii", errors="replace") as stat:
+                text = stat.read()
+        except OSError:  # it ended meanwhile
+            continue
+        service = SERVICES.get(text[text.find("(") + 1 : text.rfind(")")])
+        if service is not None:
+            found[int(entry.name)] = (service, _stat_cpu_s(text))
+    return found
+
+
+class CpuUse:
+    """The CPU seconds used between `start` and `stop`: by each process of `pids` (by name),
+    by each service of SERVICES (all its processes: one that started meanwhile counts whole,
+    one that ended meanwhile does not count), and by the whole machine (`machine_ticks`)."""
+
+    def __init__(self, pids: Mapping[str, int]) -> None:
+        self._pids = dict(pids)
+        self.processes: dict[str, float] = {}
+        self.services: dict[str, float] = {}
+        self.machine_s = 0.0
+
+    def start(self) -> None:
+        self._own = {name: cpu_seconds(pid) for name, pid in self._pids.items()}
+        self._services = services_cpu_s()
+        self._busy = machine_ticks()[0]
+
+    def stop(self) -> None:
+        self.machine_s = (machine_ticks()[0] - self._busy) / os.sysconf("SC_CLK_TCK")
+        self.processes = {
+            name: cpu_seconds(pid) - self._own[name] for name, pid in self._pids.items()
+        }
+        self.services = {}
+        for pid, (service, cpu_s) in services_cpu_s().items():
+            before = self._services.get(pid, (service, 0.0))[1]
+            self.services[service] = self.services.get(service, 0.0) + cpu_s - before
 
 
 def machine_ticks() -> tuple[int, int]:

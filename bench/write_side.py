@@ -5,6 +5,7 @@ bench process (what asyncpg and the handler's Python leave of it)."""
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import asyncpg
@@ -12,7 +13,7 @@ import asyncpg
 from bench import http_load, pgbench_ceiling, scenarios
 from bench.plan import Plan
 from bench.report import progress
-from bench.stack import Stack
+from bench.stack import CpuUse, Stack
 from bench.steady import Running, generator, ms
 
 
@@ -42,7 +43,10 @@ async def place_order(st: Stack, r: Running, plan: Plan, out: dict[str, Any]) ->
     handler, sql, script = await _ceilings(st, r, plan)
     progress(f"{sql.tps:.0f} transactions/s; place order over HTTP")
     await http_load.closed_loop("127.0.0.1", r.ports, 32, plan.warmup_s, r.orders.request)
+    cpu = CpuUse(_processes(r))
+    cpu.start()
     http, placed = await scenarios.place_orders_http(r.ports, r.orders, plan.write_s)
+    cpu.stop()
     if http.ok == 0:
         raise RuntimeError(f"no order placed: {dict(http.statuses)}\n{r.app.output()[-3000:]}")
     progress(f"{http.rate:.0f} orders/s over HTTP")
@@ -57,9 +61,35 @@ async def place_order(st: Stack, r: Running, plan: Plan, out: dict[str, Any]) ->
         "handler_ratio": round(handler.rate / sql.tps, 3),
         "http_of_handler": round(http.rate / handler.rate, 3), "duration_s": plan.write_s,
         "pgbench_transactions": sql.transactions, "pgbench_script": script,
+        **_cpu_per_order(cpu, http.ok, sql),
     }  # fmt: skip
     out["load_generator"] = {"place order": generator(http), "pgbench": {
         "cpu_s": round(sql.cpu_s, 2), "wall_s": round(sql.wall_s, 2),
         "cpu_s_per_s": round(sql.cpu_s / sql.wall_s, 3),
     }}  # fmt: skip
     return placed.ids
+
+
+def _processes(r: Running) -> dict[str, int]:
+    """The processes of the run by name: the app's, the read store's when started here, and
+    the bench's own (the load generator)."""
+    store = {"read store": r.store.pid} if r.store else {}
+    return {"app": r.app.pid, **r.others, **store, "bench": os.getpid()}
+
+
+def _cpu_per_order(cpu: CpuUse, orders: int, sql: pgbench_ceiling.PgbenchResult) -> dict[str, Any]:
+    """The CPU one order cost the whole machine over HTTP (and each process and service of
+    it), beside what one transaction of pgbench cost it: on a machine whose cores are all
+    busy in both runs, their ratio is about the ratio of the rates."""
+    per_order = cpu.machine_s / max(1, orders) * 1000
+    per_transaction = sql.machine_cpu_s / max(1, sql.transactions) * 1000
+    return {
+        "http_cpu_ms": round(per_order, 3), "ceiling_cpu_ms": round(per_transaction, 3),
+        "cpu_ratio": round(per_transaction / per_order, 3) if per_order else None,
+        "http_cpu_ms_processes": _per_order(cpu.processes, orders),
+        "http_cpu_ms_services": _per_order(cpu.services, orders),
+    }  # fmt: skip
+
+
+def _per_order(cpu_s: dict[str, float], orders: int) -> dict[str, float]:
+    return {name: round(used / max(1, orders) * 1000, 3) for name, used in cpu_s.items()}
