@@ -130,7 +130,10 @@ async def _write_collection(
     hold, so it changed nothing), fall back to one fenced write per event, which is always
     right. So does a batch with two merged writes for one document (app.projector.coalescing):
     the later one could apply where the earlier did not. A document `known` to exist that
-    does not (the read model was dropped) is a shortfall too: that knowledge is forgotten."""
+    does not (the read model was dropped) is a shortfall too: that knowledge is forgotten.
+    Which of the other upserts' documents exist is read (`existing`) only when there are two
+    or more: the read is a command of its own, and it saves at most the one statement a
+    single upsert takes (say, an order's new customer: the read would find nothing)."""
     merged = coalesce(writes)
     if len({w.filter["_id"] for w in merged}) < len(merged):
         await write_ordered(collection, writes)
@@ -138,7 +141,9 @@ async def _write_collection(
     ids = lookups(merged)
     try:
         found = known.of(collection.full_name, ids) if known is not None else set()
-        found |= await existing(collection, [i for i in ids if i not in found])
+        unknown = [i for i in ids if i not in found]
+        if len(unknown) > 1:  # one goes as an upsert of its own, whether it exists or not
+            found |= await existing(collection, unknown)
         result = await collection.bulk_write(statements(merged, found), ordered=True)
         done = result.inserted_count + result.modified_count + result.upserted_count
         if done == len(merged):

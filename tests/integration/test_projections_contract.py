@@ -160,6 +160,47 @@ async def test_a_document_believed_to_exist_that_was_dropped_is_written_and_forg
     assert known.of(customers.full_name, ["c"]) == set()
 
 
+async def test_a_batch_reads_which_documents_exist_only_for_two_upserts_or_more(
+    mongo_db: AsyncDatabase[Document], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One upsert of a document not known to exist goes as its own fenced upsert without the
+    read (a command that could save at most that one statement); two or more are read first,
+    so that those that exist join an `UpdateMany`. Either way the documents end as one fenced
+    write per event leaves them, and applying the batch again changes nothing."""
+    reads: list[list[Any]] = []
+    read = readmodel.existing
+
+    async def counted(collection: Any, ids: list[Any]) -> set[Any]:
+        reads.append(list(ids))
+        return await read(collection, ids)
+
+    monkeypatch.setattr(readmodel, "existing", counted)
+
+    def ordered(customer: str, order: str) -> Write:
+        fence = {"_id": customer, f"applied.{order}": {"$not": {"$gte": 1}}}
+        update = {"$inc": {"n": 1}, "$set": {f"applied.{order}": 1}}
+        return Write("customers", fence, update, True)
+
+    customers, slow = mongo_db["customers"], mongo_db["slow"]
+    await customers.insert_one({"_id": "old", "n": 1, "applied": {"o0": 1}})
+    await slow.insert_one({"_id": "old", "n": 1, "applied": {"o0": 1}})
+    batches = [
+        [ordered("old", "o1")],
+        [ordered("new", "o2")],
+        [ordered("old", "o3"), ordered("b", "o4")],
+    ]
+    for batch in batches:
+        await readmodel._write_collection(customers, batch, readmodel.KnownDocuments())
+        await readmodel.write_ordered(slow, batch)
+    assert reads == [["old", "b"]]
+    fast = [d async for d in customers.find().sort("_id", 1)]
+    assert fast == [d async for d in slow.find().sort("_id", 1)]
+    assert {d["_id"]: d["n"] for d in fast} == {"b": 1, "new": 1, "old": 3}
+    for batch in batches:
+        await readmodel._write_collection(customers, batch, readmodel.KnownDocuments())
+    assert [d async for d in customers.find().sort("_id", 1)] == fast
+
+
 async def test_a_batch_as_few_statements_writes_what_one_write_per_document_writes(
     mongo_db: AsyncDatabase[Document],
 ) -> None:
