@@ -190,15 +190,13 @@ async def run(dsn: str, text: str, clients: int, duration_s: float) -> PgbenchRe
         directory = Path(tmp)
         (directory / "place_order.sql").write_text(text, encoding="utf-8")
         children, started = _children_cpu_s(), time.perf_counter()
-        machine = CpuUse({})
-        machine.start()
-        process = await _pgbench(
-            "-n", "-f", str(directory / "place_order.sql"), "-c", str(clients), "-j", "2",
-            "-T", str(max(1, round(duration_s))), "-D", "n=0",
-            "-l", "--log-prefix", str(directory / "log"), dsn,
-        )  # fmt: skip
-        out, err = await process.communicate()
-        machine.stop()
+        with CpuUse({}) as machine:
+            process = await _pgbench(
+                "-n", "-f", str(directory / "place_order.sql"), "-c", str(clients), "-j", "2",
+                "-T", str(max(1, round(duration_s))), "-D", "n=0",
+                "-l", "--log-prefix", str(directory / "log"), dsn,
+            )  # fmt: skip
+            out, err = await process.communicate()
         cpu_s, wall_s = _children_cpu_s() - children, time.perf_counter() - started
         report = out.decode()
         failed = re.search(r"number of failed transactions: (\d+)", report)

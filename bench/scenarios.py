@@ -300,12 +300,10 @@ async def _orders_at(
     """The open-loop run, the cores each of `pids` and each service on this machine
     (PostgreSQL, RabbitMQ: `CpuUse`) used meanwhile, and how many of the machine's cores were
     busy (all processes, this one too)."""
-    cpu = CpuUse(pids)
-    cpu.start()
-    load = await http_load.open_loop(
-        "127.0.0.1", port, rate, duration_s, orders.request, placed.on_response
-    )
-    cpu.stop()
+    with CpuUse(pids) as cpu:
+        load = await http_load.open_loop(
+            "127.0.0.1", port, rate, duration_s, orders.request, placed.on_response
+        )
     used = cpu.processes | cpu.services
     return load, {name: s / load.wall_s for name, s in used.items()}, cpu.machine_s / load.wall_s
 

@@ -129,9 +129,9 @@ def services_cpu_s() -> dict[int, tuple[str, float]]:
 
 
 class CpuUse:
-    """The CPU seconds used between `start` and `stop`: by each process of `pids` (by name),
-    by each service of SERVICES (all its processes: one that started meanwhile counts whole,
-    one that ended meanwhile does not count), and by the whole machine (`machine_ticks`)."""
+    """The CPU seconds used inside a `with` block: by each process of `pids` (by name), by
+    each service of SERVICES (all its processes: one that started meanwhile counts whole, one
+    that ended meanwhile does not count), and by the whole machine (`machine_busy_s`)."""
 
     def __init__(self, pids: Mapping[str, int]) -> None:
         self._pids = dict(pids)
@@ -139,13 +139,16 @@ class CpuUse:
         self.services: dict[str, float] = {}
         self.machine_s = 0.0
 
-    def start(self) -> None:
+    def __enter__(self) -> CpuUse:
         self._own = {name: cpu_seconds(pid) for name, pid in self._pids.items()}
         self._services = services_cpu_s()
-        self._busy = machine_ticks()[0]
+        self._busy = machine_busy_s()
+        return self
 
-    def stop(self) -> None:
-        self.machine_s = (machine_ticks()[0] - self._busy) / os.sysconf("SC_CLK_TCK")
+    def __exit__(self, kind: type[BaseException] | None, *_: object) -> None:
+        if kind is not None:  # a process may be gone: leave the block's own error alone
+            return
+        self.machine_s = machine_busy_s() - self._busy
         self.processes = {
             name: cpu_seconds(pid) - self._own[name] for name, pid in self._pids.items()
         }
@@ -155,14 +158,12 @@ class CpuUse:
             self.services[service] = self.services.get(service, 0.0) + cpu_s - before
 
 
-def machine_ticks() -> tuple[int, int]:
-    """(busy, all) clock ticks of every core of the machine so far, from /proc/stat: busy is
-    all but idle and iowait (steal included: a core the hypervisor gave away ran nothing of
-    ours)."""
+def machine_busy_s() -> float:
+    """CPU seconds every core of the machine has been busy so far, from /proc/stat: all but
+    idle and iowait (steal included: a core the hypervisor gave away ran nothing of ours)."""
     with open("/proc/stat", encoding="ascii") as stat:
         ticks = [int(t) for t in stat.readline().split()[1:9]]  # user .. steal
-    idle = ticks[3] + ticks[4]
-    return sum(ticks) - idle, sum(ticks)
+    return (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")
 
 
 @dataclass

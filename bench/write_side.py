@@ -43,10 +43,8 @@ async def place_order(st: Stack, r: Running, plan: Plan, out: dict[str, Any]) ->
     handler, sql, script = await _ceilings(st, r, plan)
     progress(f"{sql.tps:.0f} transactions/s; place order over HTTP")
     await http_load.closed_loop("127.0.0.1", r.ports, 32, plan.warmup_s, r.orders.request)
-    cpu = CpuUse(_processes(r))
-    cpu.start()
-    http, placed = await scenarios.place_orders_http(r.ports, r.orders, plan.write_s)
-    cpu.stop()
+    with CpuUse(_processes(r)) as cpu:
+        http, placed = await scenarios.place_orders_http(r.ports, r.orders, plan.write_s)
     if http.ok == 0:
         raise RuntimeError(f"no order placed: {dict(http.statuses)}\n{r.app.output()[-3000:]}")
     progress(f"{http.rate:.0f} orders/s over HTTP")
@@ -81,15 +79,19 @@ def _cpu_per_order(cpu: CpuUse, orders: int, sql: pgbench_ceiling.PgbenchResult)
     """The CPU one order cost the whole machine over HTTP (and each process and service of
     it), beside what one transaction of pgbench cost it: on a machine whose cores are all
     busy in both runs, their ratio is about the ratio of the rates."""
-    per_order = cpu.machine_s / max(1, orders) * 1000
-    per_transaction = sql.machine_cpu_s / max(1, sql.transactions) * 1000
+    per_order = _ms_each(cpu.machine_s, orders)
+    per_transaction = _ms_each(sql.machine_cpu_s, sql.transactions)
     return {
         "http_cpu_ms": round(per_order, 3), "ceiling_cpu_ms": round(per_transaction, 3),
         "cpu_ratio": round(per_transaction / per_order, 3) if per_order else None,
-        "http_cpu_ms_processes": _per_order(cpu.processes, orders),
-        "http_cpu_ms_services": _per_order(cpu.services, orders),
+        "http_cpu_ms_processes": _ms_each_by(cpu.processes, orders),
+        "http_cpu_ms_services": _ms_each_by(cpu.services, orders),
     }  # fmt: skip
 
 
-def _per_order(cpu_s: dict[str, float], orders: int) -> dict[str, float]:
-    return {name: round(used / max(1, orders) * 1000, 3) for name, used in cpu_s.items()}
+def _ms_each(seconds: float, count: int) -> float:
+    return seconds / max(1, count) * 1000
+
+
+def _ms_each_by(seconds: dict[str, float], count: int) -> dict[str, float]:
+    return {name: round(_ms_each(s, count), 3) for name, s in seconds.items()}
