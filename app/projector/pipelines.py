@@ -86,12 +86,15 @@ def stage(write: Write) -> Expression:
     return {"$set": fields}
 
 
-def operation(write: Write) -> UpdateOne:
-    """`write` as one update pipeline found by `_id` alone."""
-    return UpdateOne({"_id": write.filter["_id"]}, [stage(write)], upsert=write.upsert)
+def operation(write: Write, namespace: str | None = None) -> UpdateOne:
+    """`write` as one update pipeline found by `_id` alone (`namespace`, "db.collection", for
+    a client-level bulk write)."""
+    return UpdateOne(
+        {"_id": write.filter["_id"]}, [stage(write)], upsert=write.upsert, namespace=namespace
+    )
 
 
-def many(writes: Sequence[Write]) -> UpdateMany:
+def many(writes: Sequence[Write], namespace: str | None = None) -> UpdateMany:
     """`writes`, to distinct documents that exist (no upserts), as one update pipeline on
     their `_id`s: each field set by a `$switch` on `_id` to that document's fenced value."""
     ids = [write.filter["_id"] for write in writes]
@@ -104,4 +107,4 @@ def many(writes: Sequence[Write]) -> UpdateMany:
         field: {"$switch": {"branches": cases, "default": f"${field}"}}
         for field, cases in branches.items()
     }
-    return UpdateMany({"_id": {"$in": ids}}, [{"$set": fields}])
+    return UpdateMany({"_id": {"$in": ids}}, [{"$set": fields}], namespace=namespace)

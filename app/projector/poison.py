@@ -20,6 +20,7 @@ from typing import Final
 import asyncpg
 from pymongo.errors import (
     BulkWriteError,
+    ClientBulkWriteException,
     ConnectionFailure,
     ExecutionTimeout,
     OperationFailure,
@@ -42,7 +43,7 @@ _TRANSIENT_CODES: Final = frozenset({6, 7, 50, 89, 91, 189, 262, 9001, 10107, 11
 
 def is_transient(exc: BaseException) -> bool:
     """Whether retrying the same writes later can succeed (a dependency is down or slow)."""
-    if isinstance(exc, BulkWriteError):
+    if isinstance(exc, (BulkWriteError, ClientBulkWriteException)):  # one or all collections
         details = exc.details or {}
         codes = {e.get("code") for e in details.get("writeErrors", [])}
         return bool(details.get("writeConcernErrors")) or (

@@ -4,17 +4,23 @@ app/contracts/readmodel.py; full rebuilds: app/projector/rebuild.py)."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Container, Sequence
+from collections.abc import Awaitable, Container, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Final, NamedTuple, TypeVar, cast
 
 from pymongo import InsertOne, UpdateMany, UpdateOne
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import BulkWriteError, DuplicateKeyError
+from pymongo.errors import (
+    BulkWriteError,
+    ClientBulkWriteException,
+    DuplicateKeyError,
+    OperationFailure,
+)
+from pymongo.results import BulkWriteResult, ClientBulkWriteResult
 
 from app.contracts.generations import FROZEN_UNTIL, SUPERSEDED_BY, meta_of, writable
-from app.contracts.readmodel import COLLECTIONS, META, META_ID, Document
+from app.contracts.readmodel import COLLECTIONS, META, META_ID, CollectionName, Document
 from app.projector import pipelines
 from app.projector.coalescing import coalesce
 from app.projector.deliveries import Decoded
@@ -102,21 +108,91 @@ async def write_documents(
         raise InvalidEventData.at(invalid[0])
     writes = [w for e in events if e.data is not None for w in project(e.envelope, e.data)]
     by_collection = {name: [w for w in writes if w.collection == name] for name in COLLECTIONS}
+    batches = {name: batch for name, batch in by_collection.items() if batch}
+    if len(batches) > 1 and writes_at_once(db):
+        await _write_at_once(db, batches, known)
+        return
     # The collections at once: each write is fenced on its own, so their order does not
     # matter. On the Rust SecantusDB server this absorbs 30-40 % more events per second than
     # the same writes in turn, for batches of 16 to 256 events (docs/benchmarks.md; on its
     # Python server it was ~30 % fewer). The first failure is raised once all have ended.
-    outcomes = await asyncio.gather(
-        *(
-            _write_collection(db[name], batch, known)
-            for name, batch in by_collection.items()
-            if batch
-        ),
-        return_exceptions=True,
-    )
+    await _all(_write_collection(db[name], batch, known) for name, batch in batches.items())
+
+
+def writes_at_once(db: AsyncDatabase[Document]) -> bool:
+    """Whether the servers `db` is connected to take a client-level `bulkWrite`, the writes to
+    several collections in one command (MongoDB 8.0 and later: wire version 25; SecantusDB's
+    servers too). Until the client has seen a server, the answer is no: the batch goes one
+    command per collection, which is always right."""
+    servers = db.client.topology_description.known_servers
+    return bool(servers) and all(s.max_wire_version >= _CLIENT_BULK_WRITE for s in servers)
+
+
+_CLIENT_BULK_WRITE: Final = 25  # the wire version of MongoDB 8.0, which added `bulkWrite`
+
+T = TypeVar("T")
+
+
+async def _all(work: Iterable[Awaitable[T]]) -> list[T]:
+    """Run `work` at once; the first failure is raised once all have ended."""
+    outcomes = await asyncio.gather(*work, return_exceptions=True)
     for outcome in outcomes:
         if isinstance(outcome, BaseException):
             raise outcome
+    return cast(list[T], outcomes)
+
+
+class _Plan(NamedTuple):
+    """One collection's part of a batch, ready to go as few statements (`statements`)."""
+
+    collection: AsyncCollection[Document]
+    writes: list[Write]  # one per event, in order: the fenced path (`write_ordered`)
+    merged: list[Write]  # one per document (app.projector.coalescing)
+    ids: list[Any]  # the upserts' `_id`s (`lookups`)
+    found: set[Any]  # those whose document exists
+
+    def statements(self, namespace: str | None = None) -> list[Statement]:
+        return statements(self.merged, self.found, namespace)
+
+
+async def _planned(
+    collection: AsyncCollection[Document], writes: list[Write], known: KnownDocuments | None
+) -> _Plan | None:
+    """`writes` merged per document, with which of its upserts' documents exist: those `known`
+    to, and those read (`existing`) when there are two or more others: the read is a command
+    of its own, and it saves at most the one statement a single upsert takes (say, an order's
+    new customer: the read would find nothing). None when two merged writes are for one
+    document (app.projector.coalescing): the later one could apply where the earlier did not,
+    so the batch must go one fenced write per event."""
+    merged = coalesce(writes)
+    if len({w.filter["_id"] for w in merged}) < len(merged):
+        return None
+    ids = lookups(merged)
+    found = known.of(collection.full_name, ids) if known is not None else set()
+    unknown = [i for i in ids if i not in found]
+    if len(unknown) > 1:  # one goes as an upsert of its own, whether it exists or not
+        found |= await existing(collection, unknown)
+    return _Plan(collection, writes, merged, ids, found)
+
+
+def _done(result: BulkWriteResult | ClientBulkWriteResult) -> int:
+    """How many documents the statements inserted, changed or created."""
+    return result.inserted_count + result.modified_count + result.upserted_count
+
+
+def _remember(known: KnownDocuments | None, plans: Iterable[_Plan]) -> None:
+    if known is not None:
+        for plan in plans:
+            known.add(plan.collection.full_name, plan.ids)
+
+
+async def _fall_back(known: KnownDocuments | None, plans: Iterable[_Plan]) -> None:
+    """A shortfall: one fenced write per event, and what was known of those collections
+    forgotten (a document believed to exist may have been dropped)."""
+    for plan in plans:
+        if known is not None:
+            known.forget(plan.collection.full_name)
+        await write_ordered(plan.collection, plan.writes)
 
 
 async def _write_collection(
@@ -124,38 +200,73 @@ async def _write_collection(
     writes: list[Write],
     known: KnownDocuments | None = None,
 ) -> None:
-    """One write per document (see app.projector.coalescing) sent as few statements
-    (`statements`), each write an update pipeline found by `_id` alone (app.projector.pipelines)
-    or an insert. If any document was already past the batch's start (its merged fence did not
-    hold, so it changed nothing), fall back to one fenced write per event, which is always
-    right. So does a batch with two merged writes for one document (app.projector.coalescing):
-    the later one could apply where the earlier did not. A document `known` to exist that
-    does not (the read model was dropped) is a shortfall too: that knowledge is forgotten.
-    Which of the other upserts' documents exist is read (`existing`) only when there are two
-    or more: the read is a command of its own, and it saves at most the one statement a
-    single upsert takes (say, an order's new customer: the read would find nothing)."""
-    merged = coalesce(writes)
-    if len({w.filter["_id"] for w in merged}) < len(merged):
+    """One write per document (`_planned`) sent as few statements (`statements`), each write
+    an update pipeline found by `_id` alone (app.projector.pipelines) or an insert. If any
+    document was already past the batch's start (its merged fence did not hold, so it changed
+    nothing), fall back to one fenced write per event, which is always right. A document
+    `known` to exist that does not (the read model was dropped) is a shortfall too: that
+    knowledge is forgotten."""
+    plan = await _planned(collection, writes, known)
+    if plan is None:
         await write_ordered(collection, writes)
         return
-    ids = lookups(merged)
     try:
-        found = known.of(collection.full_name, ids) if known is not None else set()
-        unknown = [i for i in ids if i not in found]
-        if len(unknown) > 1:  # one goes as an upsert of its own, whether it exists or not
-            found |= await existing(collection, unknown)
-        result = await collection.bulk_write(statements(merged, found), ordered=True)
-        done = result.inserted_count + result.modified_count + result.upserted_count
-        if done == len(merged):
-            if known is not None:
-                known.add(collection.full_name, ids)
+        result = await collection.bulk_write(plan.statements(), ordered=True)
+        if _done(result) == len(plan.merged):
+            _remember(known, [plan])
             return
     except BulkWriteError as exc:
         if exc.details.get("writeConcernErrors"):
             raise
-    if known is not None:
-        known.forget(collection.full_name)
-    await write_ordered(collection, writes)
+    await _fall_back(known, [plan])
+
+
+async def _write_at_once(
+    db: AsyncDatabase[Document],
+    batches: Mapping[CollectionName, list[Write]],
+    known: KnownDocuments | None,
+) -> None:
+    """`_write_collection` for several collections, their statements in one client-level
+    `bulkWrite`: one command, so one round trip and one reply for the client to build and
+    read, instead of one per collection (the projector's own CPU per batch, which is what
+    limits how fast it applies: docs/benchmarks.md). Any shortfall or refused write sends
+    every collection of the batch down the fenced path, one write per event (a refused one
+    raises there, as `write_ordered` does); the collections whose plan is None go that way
+    from the start. A connection or server failure raises what a collection's `bulk_write`
+    would (`_unwrapped`); write concern errors raise the ClientBulkWriteException."""
+    planned = await _all(_planned(db[name], batch, known) for name, batch in batches.items())
+    plans = [plan for plan in planned if plan is not None]
+    if plans:
+        models = [s for plan in plans for s in plan.statements(plan.collection.full_name)]
+        try:
+            result = await db.client.bulk_write(models, ordered=True)
+            written = _done(result) == sum(len(plan.merged) for plan in plans)
+        except ClientBulkWriteException as exc:
+            if exc.error is not None:
+                raise _unwrapped(exc.error) from exc
+            if exc.write_concern_errors:
+                raise
+            written = False
+        if written:
+            _remember(known, plans)
+        else:
+            await _fall_back(known, plans)
+    for (name, batch), plan in zip(batches.items(), planned, strict=True):
+        if plan is None:
+            await write_ordered(db[name], batch)
+
+
+def _unwrapped(error: Any) -> BaseException:
+    """A client-level bulk write's top-level error as the error itself: the exception
+    (a connection failure, a timeout), or the server's reply as an OperationFailure with its
+    code, as a collection's `bulk_write` raises them (app/projector/poison.py tells which are
+    transient)."""
+    if isinstance(error, BaseException):
+        return error
+    reply = dict(error) if isinstance(error, Mapping) else {"errmsg": repr(error)}
+    code = reply.get("code")
+    message = str(reply.get("errmsg", "bulkWrite failed"))
+    return OperationFailure(message, code if isinstance(code, int) else None, reply)
 
 
 Statement = InsertOne[Document] | UpdateOne | UpdateMany
@@ -212,25 +323,29 @@ def lookups(merged: Sequence[Write]) -> list[Any]:
     return [w.filter["_id"] for w in merged if w.upsert and not creates(w)]
 
 
-def statements(merged: Sequence[Write], found: Container[Any]) -> list[Statement]:
+def statements(
+    merged: Sequence[Write], found: Container[Any], namespace: str | None = None
+) -> list[Statement]:
     """`merged` (one write per document) as few statements, SecantusDB committing once per
     statement: the inserts (`creates`) as one, the updates of documents that exist (upserts
     among them when their `_id` is in `found`) as `UpdateMany`s of `pipelines.MANY`, every other
     upsert as an `UpdateOne` of its own (if its document appears meanwhile, the fence decides,
-    as for any upsert)."""
+    as for any upsert). With `namespace` ("db.collection") they name their collection, for a
+    client-level bulk write (`_write_at_once`)."""
     inserts: list[Statement] = []
     updates: list[Write] = []
     upserts: list[Statement] = []
     for write in merged:
         if creates(write):
-            inserts.append(InsertOne({"_id": write.filter["_id"], **write.update["$set"]}))
+            document = {"_id": write.filter["_id"], **write.update["$set"]}
+            inserts.append(InsertOne(document, namespace=namespace))
         elif write.upsert and write.filter["_id"] not in found:
-            upserts.append(pipelines.operation(write))
+            upserts.append(pipelines.operation(write, namespace))
         else:
             updates.append(write)
     size = pipelines.MANY
     chunks = (updates[i : i + size] for i in range(0, len(updates), size))
-    return [*inserts, *(pipelines.many(chunk) for chunk in chunks), *upserts]
+    return [*inserts, *(pipelines.many(chunk, namespace) for chunk in chunks), *upserts]
 
 
 async def write_ordered(collection: AsyncCollection[Document], writes: Sequence[Write]) -> None:

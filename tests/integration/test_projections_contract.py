@@ -17,6 +17,12 @@ import asyncpg
 import pytest
 from pymongo import AsyncMongoClient
 from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.monitoring import (
+    CommandFailedEvent,
+    CommandListener,
+    CommandStartedEvent,
+    CommandSucceededEvent,
+)
 
 from app.contracts.eventlog import LoggedEvent, fetch_after
 from app.contracts.generations import FROZEN_UNTIL, SUPERSEDED_BY
@@ -54,6 +60,32 @@ async def mongo_db(settings: Settings) -> AsyncIterator[AsyncDatabase[Document]]
     await client.close()
 
 
+@pytest.fixture(params=["one command", "one command per collection"])
+def batch_commands(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Both ways a batch's documents reach the store: the collections' statements in one
+    client-level bulkWrite (MongoDB 8.0 and later, SecantusDB), or one bulk write per
+    collection at once (older servers)."""
+    if request.param != "one command":
+        monkeypatch.setattr(readmodel, "writes_at_once", lambda db: False)
+    return str(request.param)
+
+
+class _Commands(CommandListener):
+    """The names of the commands a client sent."""
+
+    def __init__(self) -> None:
+        self.names: list[str] = []
+
+    def started(self, event: CommandStartedEvent) -> None:
+        self.names.append(event.command_name)
+
+    def succeeded(self, event: CommandSucceededEvent) -> None:
+        pass
+
+    def failed(self, event: CommandFailedEvent) -> None:
+        pass
+
+
 async def _apply_in_batches(
     db: AsyncDatabase[Document],
     events: list[Decoded],
@@ -67,6 +99,7 @@ async def _apply_in_batches(
         start += size
 
 
+@pytest.mark.usefixtures("batch_commands")
 async def test_applying_any_prefix_twice_equals_once(
     fresh_database_url: str, mongo_db: AsyncDatabase[Document], rng: random.Random
 ) -> None:
@@ -88,6 +121,7 @@ async def test_applying_any_prefix_twice_equals_once(
         assert await snapshot(mongo_db) == once, f"a shorter prefix re-applied after {k}"
 
 
+@pytest.mark.usefixtures("batch_commands")
 async def test_batches_equal_one_event_at_a_time_even_after_a_partial_batch(
     fresh_database_url: str, mongo_db: AsyncDatabase[Document], rng: random.Random
 ) -> None:
@@ -111,6 +145,47 @@ async def test_batches_equal_one_event_at_a_time_even_after_a_partial_batch(
         await readmodel.apply_events(mongo_db, events[start:end])
         await _apply_in_batches(mongo_db, events[end:], rng)
         assert await snapshot(mongo_db) == reference, (start, crashed_at, end)
+
+
+async def test_a_batch_of_several_collections_is_one_command_and_its_position_another(
+    settings: Settings,
+    fresh_database_url: str,
+    mongo_db: AsyncDatabase[Document],
+    rng: random.Random,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An order placed writes its order and its customer: on a server that takes a client-level
+    bulkWrite both go in one command, and the applied position moves in a command of its own
+    after it (a shortfall's fenced path must run before the position moves). On a server that
+    does not, one command per collection."""
+    events = decoded(await make_history(fresh_database_url, rng))
+    placed = [i for i, e in enumerate(events) if e.envelope.type == "OrderPlaced"][:2]
+    commands = _Commands()
+    client: AsyncMongoClient[Document] = AsyncMongoClient(
+        settings.mongo_url, tz_aware=True, event_listeners=[commands]
+    )
+    db = client[mongo_db.name]
+    try:
+        await ensure_indexes(db)
+        await readmodel.apply_events(db, events[: placed[0]])
+        assert readmodel.writes_at_once(db)
+        commands.names.clear()
+        await readmodel.apply_events(db, [events[placed[0]]], events[placed[0] - 1].position)
+        assert commands.names == ["bulkWrite", "update"]
+        await readmodel.apply_events(db, events[placed[0] + 1 : placed[1]])
+        monkeypatch.setattr(readmodel, "writes_at_once", lambda db: False)
+        commands.names.clear()
+        await readmodel.apply_events(db, [events[placed[1]]], events[placed[1] - 1].position)
+        assert sorted(commands.names) == ["insert", "update", "update"]
+        for event in (events[i] for i in placed):
+            order = await db["orders"].find_one({"_id": str(event.envelope.stream_id)})
+            assert order is not None
+            assert order["version"] == 1
+        fresh: AsyncMongoClient[Document] = AsyncMongoClient(settings.mongo_url, connect=False)
+        assert not readmodel.writes_at_once(fresh[mongo_db.name]), "no server seen yet"
+        await fresh.close()
+    finally:
+        await client.close()
 
 
 async def test_a_later_write_of_a_document_never_applies_ahead_of_an_earlier_one(
