@@ -7,14 +7,18 @@ the pipeline does. This measures it with nothing else in the way: the events of 
 are projected and folded per batch (`project`, `coalesce`: the very writes the projector sends
 for a batch of that size, as the same statements: `readmodel.statements`) before the clock
 starts; then only the store's calls run, per collection and batch the read of which upserts'
-documents exist (when there are any) and one ordered `bulk_write`, into a scratch database with
-the read model's indexes. No broker, no decoding, no applied position, no acks.
+documents exist (when there are any), then the batch's statements as the projector sends them
+(`readmodel.write_documents`): one client-level `bulkWrite` where the server takes it and they
+are few enough, else one ordered `bulk_write` per collection, the collections at once; into a
+scratch database with the read model's indexes. No broker, no decoding, no applied position,
+no acks.
 
 Expressed as events/s and orders/s (OrderPlaced events in the replayed log / seconds).
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -49,8 +53,11 @@ class ReadStoreFigures:
         return self.orders / self.seconds
 
 
-async def _batches(dsn: str, limit: int, batch_size: int) -> tuple[list[Operations], int, int]:
-    """The log's first `limit` events as the projector's bulk writes, batch by batch."""
+async def _batches(
+    dsn: str, limit: int, batch_size: int, database: str
+) -> tuple[list[Operations], int, int]:
+    """The log's first `limit` events as the projector's bulk writes, batch by batch, each
+    statement naming its collection of `database` (for a client-level bulk write)."""
     conn = await asyncpg.connect(dsn)
     try:
         logged = await fetch_after(conn, 0, limit)
@@ -71,7 +78,8 @@ async def _batches(dsn: str, limit: int, batch_size: int) -> tuple[list[Operatio
             merged = coalesce([w for w in writes if w.collection == name])
             if merged:
                 wanted = readmodel.lookups(merged)
-                batch.append((name, wanted, readmodel.statements(merged, written[name])))
+                statements = readmodel.statements(merged, written[name], f"{database}.{name}")
+                batch.append((name, wanted, statements))
                 written[name].update(w.filter["_id"] for w in merged if w.upsert)
         batches.append(batch)
     return batches, len(logged), orders
@@ -82,13 +90,17 @@ async def run(
     batch_size: int,
 ) -> ReadStoreFigures:  # fmt: skip
     """Replay the first `limit` events of the log at `dsn` into `scratch_db` as raw writes."""
-    batches, events, orders = await _batches(dsn, limit, batch_size)
+    batches, events, orders = await _batches(dsn, limit, batch_size, scratch_db)
     db = mongo[scratch_db]
     await ensure_indexes(db)
+    at_once = readmodel.writes_at_once(db)
     started = time.perf_counter()
     for batch in batches:
-        for name, wanted, statements in batch:
-            await readmodel.existing(db[name], wanted)
-            await db[name].bulk_write(statements, ordered=True)
+        await asyncio.gather(*(readmodel.existing(db[name], wanted) for name, wanted, _ in batch))
+        models = [s for *_, statements in batch for s in statements]
+        if at_once and len(batch) > 1 and len(models) <= readmodel.ONE_COMMAND_STATEMENTS:
+            await mongo.bulk_write(models, ordered=True)
+            continue
+        await asyncio.gather(*(db[name].bulk_write(s, ordered=True) for name, _, s in batch))
     seconds = time.perf_counter() - started
     return ReadStoreFigures(events=events, orders=orders, batch_size=batch_size, seconds=seconds)

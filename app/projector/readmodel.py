@@ -20,7 +20,7 @@ from pymongo.errors import (
 from pymongo.results import BulkWriteResult, ClientBulkWriteResult
 
 from app.contracts.generations import FROZEN_UNTIL, SUPERSEDED_BY, meta_of, writable
-from app.contracts.readmodel import COLLECTIONS, META, META_ID, CollectionName, Document
+from app.contracts.readmodel import COLLECTIONS, META, META_ID, Document
 from app.projector import pipelines
 from app.projector.coalescing import coalesce
 from app.projector.deliveries import Decoded
@@ -102,21 +102,47 @@ async def write_documents(
     db: AsyncDatabase[Document], events: Sequence[Decoded], known: KnownDocuments | None = None
 ) -> None:
     """The document writes of `events`, without moving the applied position (`apply_events`;
-    also a held stream's release, app/operations/parked.py). Raises as `apply_events` does."""
+    also a held stream's release, app/operations/parked.py). Raises as `apply_events` does.
+
+    Each collection's writes are planned as few statements (`_planned`, `statements`). Where
+    the server takes it (`writes_at_once`), a batch of several collections and at most
+    `ONE_COMMAND_STATEMENTS` statements goes as one client-level `bulkWrite` (`_write_at_once`);
+    otherwise each collection's as one `bulk_write`, the collections at once: each write is
+    fenced on its own, so their order does not matter. The first failure is raised once all
+    have ended."""
     invalid = [e.position for e in events if e.skipped == "invalid-data"]
     if invalid:
         raise InvalidEventData.at(invalid[0])
     writes = [w for e in events if e.data is not None for w in project(e.envelope, e.data)]
     by_collection = {name: [w for w in writes if w.collection == name] for name in COLLECTIONS}
     batches = {name: batch for name, batch in by_collection.items() if batch}
-    if len(batches) > 1 and writes_at_once(db):
-        await _write_at_once(db, batches, known)
-        return
-    # The collections at once: each write is fenced on its own, so their order does not
-    # matter. On the Rust SecantusDB server this absorbs 30-40 % more events per second than
-    # the same writes in turn, for batches of 16 to 256 events (docs/benchmarks.md; on its
-    # Python server it was ~30 % fewer). The first failure is raised once all have ended.
-    await _all(_write_collection(db[name], batch, known) for name, batch in batches.items())
+    planned = await _all(_planned(db[name], batch, known) for name, batch in batches.items())
+    plans = [plan for plan in planned if plan is not None]
+    unplanned = [
+        (db[name], batch)
+        for (name, batch), plan in zip(batches.items(), planned, strict=True)
+        if plan is None
+    ]
+    together = sum(len(plan.statements) for plan in plans) <= ONE_COMMAND_STATEMENTS
+    if len(plans) > 1 and together and writes_at_once(db):
+        await _write_at_once(db, plans, known)
+        plans = []
+    await _all(
+        [
+            *(_write_planned(plan, known) for plan in plans),
+            *(write_ordered(collection, batch) for collection, batch in unplanned),
+        ]
+    )
+
+
+# A batch's statements in one command cost the client one command's CPU instead of one per
+# collection, but the store then commits (and syncs) them one after the other, where separate
+# commands let it group their syncs. So one command wins for small batches, the low rates where
+# every order is a batch of its own, and loses for large ones (the Rust server, statements
+# replayed from a bench log, orders/s one command vs one per collection at once: 9 statements
+# 642-898 vs 344-371, 17: 888-933 vs 551-630, 25: 909-1,172 vs 902-983, 33: 895-1,049 vs
+# 1,151-1,420, 127: 1,235-1,255 vs 2,392-2,427; docs/benchmarks.md).
+ONE_COMMAND_STATEMENTS: Final = 24
 
 
 def writes_at_once(db: AsyncDatabase[Document]) -> bool:
@@ -143,27 +169,25 @@ async def _all(work: Iterable[Awaitable[T]]) -> list[T]:
 
 
 class _Plan(NamedTuple):
-    """One collection's part of a batch, ready to go as few statements (`statements`)."""
+    """One collection's part of a batch, as few statements."""
 
     collection: AsyncCollection[Document]
     writes: list[Write]  # one per event, in order: the fenced path (`write_ordered`)
     merged: list[Write]  # one per document (app.projector.coalescing)
     ids: list[Any]  # the upserts' `_id`s (`lookups`)
-    found: set[Any]  # those whose document exists
-
-    def statements(self, namespace: str | None = None) -> list[Statement]:
-        return statements(self.merged, self.found, namespace)
+    statements: list[Statement]  # `merged`, naming the collection (a collection's
+    # `bulk_write` ignores the name; a client-level one needs it)
 
 
 async def _planned(
     collection: AsyncCollection[Document], writes: list[Write], known: KnownDocuments | None
 ) -> _Plan | None:
-    """`writes` merged per document, with which of its upserts' documents exist: those `known`
-    to, and those read (`existing`) when there are two or more others: the read is a command
-    of its own, and it saves at most the one statement a single upsert takes (say, an order's
-    new customer: the read would find nothing). None when two merged writes are for one
-    document (app.projector.coalescing): the later one could apply where the earlier did not,
-    so the batch must go one fenced write per event."""
+    """`writes` merged per document, as statements that depend on which of its upserts'
+    documents exist: those `known` to, and those read (`existing`) when there are two or more
+    others: the read is a command of its own, and it saves at most the one statement a single
+    upsert takes (say, an order's new customer: the read would find nothing). None when two
+    merged writes are for one document (app.projector.coalescing): the later one could apply
+    where the earlier did not, so the batch must go one fenced write per event."""
     merged = coalesce(writes)
     if len({w.filter["_id"] for w in merged}) < len(merged):
         return None
@@ -172,7 +196,7 @@ async def _planned(
     unknown = [i for i in ids if i not in found]
     if len(unknown) > 1:  # one goes as an upsert of its own, whether it exists or not
         found |= await existing(collection, unknown)
-    return _Plan(collection, writes, merged, ids, found)
+    return _Plan(collection, writes, merged, ids, statements(merged, found, collection.full_name))
 
 
 def _done(result: BulkWriteResult | ClientBulkWriteResult) -> int:
@@ -200,18 +224,22 @@ async def _write_collection(
     writes: list[Write],
     known: KnownDocuments | None = None,
 ) -> None:
-    """One write per document (`_planned`) sent as few statements (`statements`), each write
-    an update pipeline found by `_id` alone (app.projector.pipelines) or an insert. If any
-    document was already past the batch's start (its merged fence did not hold, so it changed
-    nothing), fall back to one fenced write per event, which is always right. A document
-    `known` to exist that does not (the read model was dropped) is a shortfall too: that
-    knowledge is forgotten."""
+    """One collection's writes as `write_documents` sends them one command per collection."""
     plan = await _planned(collection, writes, known)
     if plan is None:
         await write_ordered(collection, writes)
         return
+    await _write_planned(plan, known)
+
+
+async def _write_planned(plan: _Plan, known: KnownDocuments | None) -> None:
+    """The plan's statements, each write an update pipeline found by `_id` alone
+    (app.projector.pipelines) or an insert. If any document was already past the batch's start
+    (its merged fence did not hold, so it changed nothing), fall back to one fenced write per
+    event, which is always right. A document `known` to exist that does not (the read model
+    was dropped) is a shortfall too: that knowledge is forgotten."""
     try:
-        result = await collection.bulk_write(plan.statements(), ordered=True)
+        result = await plan.collection.bulk_write(plan.statements, ordered=True)
         if _done(result) == len(plan.merged):
             _remember(known, [plan])
             return
@@ -222,38 +250,29 @@ async def _write_collection(
 
 
 async def _write_at_once(
-    db: AsyncDatabase[Document],
-    batches: Mapping[CollectionName, list[Write]],
-    known: KnownDocuments | None,
+    db: AsyncDatabase[Document], plans: Sequence[_Plan], known: KnownDocuments | None
 ) -> None:
-    """`_write_collection` for several collections, their statements in one client-level
+    """`_write_planned` for several collections, their statements in one client-level
     `bulkWrite`: one command, so one round trip and one reply for the client to build and
-    read, instead of one per collection (the projector's own CPU per batch, which is what
-    limits how fast it applies: docs/benchmarks.md). Any shortfall or refused write sends
-    every collection of the batch down the fenced path, one write per event (a refused one
-    raises there, as `write_ordered` does); the collections whose plan is None go that way
-    from the start. A connection or server failure raises what a collection's `bulk_write`
-    would (`_unwrapped`); write concern errors raise the ClientBulkWriteException."""
-    planned = await _all(_planned(db[name], batch, known) for name, batch in batches.items())
-    plans = [plan for plan in planned if plan is not None]
-    if plans:
-        models = [s for plan in plans for s in plan.statements(plan.collection.full_name)]
-        try:
-            result = await db.client.bulk_write(models, ordered=True)
-            written = _done(result) == sum(len(plan.merged) for plan in plans)
-        except ClientBulkWriteException as exc:
-            if exc.error is not None:
-                raise _unwrapped(exc.error) from exc
-            if exc.write_concern_errors:
-                raise
-            written = False
-        if written:
-            _remember(known, plans)
-        else:
-            await _fall_back(known, plans)
-    for (name, batch), plan in zip(batches.items(), planned, strict=True):
-        if plan is None:
-            await write_ordered(db[name], batch)
+    read, instead of one per collection (a PyMongo command costs the client ~0.4 ms of CPU:
+    docs/benchmarks.md). Any shortfall or refused write sends every collection of the batch
+    down the fenced path, one write per event (a refused one raises there, as `write_ordered`
+    does). A connection or server failure raises what a collection's `bulk_write` would
+    (`_unwrapped`); write concern errors raise the ClientBulkWriteException."""
+    models = [statement for plan in plans for statement in plan.statements]
+    try:
+        result = await db.client.bulk_write(models, ordered=True)
+        written = _done(result) == sum(len(plan.merged) for plan in plans)
+    except ClientBulkWriteException as exc:
+        if exc.error is not None:
+            raise _unwrapped(exc.error) from exc
+        if exc.write_concern_errors:
+            raise
+        written = False
+    if written:
+        _remember(known, plans)
+    else:
+        await _fall_back(known, plans)
 
 
 def _unwrapped(error: Any) -> BaseException:

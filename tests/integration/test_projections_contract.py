@@ -60,12 +60,15 @@ async def mongo_db(settings: Settings) -> AsyncIterator[AsyncDatabase[Document]]
     await client.close()
 
 
-@pytest.fixture(params=["one command", "one command per collection"])
+@pytest.fixture(params=["as the projector sends them", "in one command", "per collection"])
 def batch_commands(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Both ways a batch's documents reach the store: the collections' statements in one
-    client-level bulkWrite (MongoDB 8.0 and later, SecantusDB), or one bulk write per
-    collection at once (older servers)."""
-    if request.param != "one command":
+    """The ways a batch's documents reach the store: the collections' statements in one
+    client-level bulkWrite (MongoDB 8.0 and later, SecantusDB) when there are few enough, else
+    one bulk write per collection at once; or always the one, or always the other (older
+    servers)."""
+    if request.param == "in one command":
+        monkeypatch.setattr(readmodel, "ONE_COMMAND_STATEMENTS", 1_000_000)
+    elif request.param == "per collection":
         monkeypatch.setattr(readmodel, "writes_at_once", lambda db: False)
     return str(request.param)
 
@@ -156,10 +159,11 @@ async def test_a_batch_of_several_collections_is_one_command_and_its_position_an
 ) -> None:
     """An order placed writes its order and its customer: on a server that takes a client-level
     bulkWrite both go in one command, and the applied position moves in a command of its own
-    after it (a shortfall's fenced path must run before the position moves). On a server that
-    does not, one command per collection."""
+    after it (a shortfall's fenced path must run before the position moves). A batch of more
+    statements than `ONE_COMMAND_STATEMENTS`, or on a server that does not take it: one command
+    per collection."""
     events = decoded(await make_history(fresh_database_url, rng))
-    placed = [i for i, e in enumerate(events) if e.envelope.type == "OrderPlaced"][:2]
+    placed = [i for i, e in enumerate(events) if e.envelope.type == "OrderPlaced"][:3]
     commands = _Commands()
     client: AsyncMongoClient[Document] = AsyncMongoClient(
         settings.mongo_url, tz_aware=True, event_listeners=[commands]
@@ -167,20 +171,24 @@ async def test_a_batch_of_several_collections_is_one_command_and_its_position_an
     db = client[mongo_db.name]
     try:
         await ensure_indexes(db)
-        await readmodel.apply_events(db, events[: placed[0]])
         assert readmodel.writes_at_once(db)
-        commands.names.clear()
-        await readmodel.apply_events(db, [events[placed[0]]], events[placed[0] - 1].position)
-        assert commands.names == ["bulkWrite", "update"]
-        await readmodel.apply_events(db, events[placed[0] + 1 : placed[1]])
-        monkeypatch.setattr(readmodel, "writes_at_once", lambda db: False)
-        commands.names.clear()
-        await readmodel.apply_events(db, [events[placed[1]]], events[placed[1] - 1].position)
-        assert sorted(commands.names) == ["insert", "update", "update"]
+        applied = 0
+        for at, patch, sent in [
+            (placed[0], None, ["bulkWrite", "update"]),
+            (placed[1], ("ONE_COMMAND_STATEMENTS", 1), ["insert", "update", "update"]),
+            (placed[2], ("writes_at_once", lambda db: False), ["insert", "update", "update"]),
+        ]:
+            await readmodel.apply_events(db, events[applied:at])
+            if patch is not None:
+                monkeypatch.setattr(readmodel, *patch)
+            commands.names.clear()
+            await readmodel.apply_events(db, [events[at]], events[at - 1].position)
+            assert sorted(commands.names) == sent, (at, patch)
+            applied = at + 1
         for event in (events[i] for i in placed):
             order = await db["orders"].find_one({"_id": str(event.envelope.stream_id)})
             assert order is not None
-            assert order["version"] == 1
+            assert order["status_history"][0]["position"] == event.position
         fresh: AsyncMongoClient[Document] = AsyncMongoClient(settings.mongo_url, connect=False)
         assert not readmodel.writes_at_once(fresh[mongo_db.name]), "no server seen yet"
         await fresh.close()
