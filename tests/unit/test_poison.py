@@ -14,6 +14,7 @@ from pymongo.errors import (
     ServerSelectionTimeoutError,
 )
 
+from app.projector import readmodel
 from app.projector.poison import is_transient
 from app.projector.readmodel import InvalidEventData, ReadModelLost
 
@@ -51,3 +52,20 @@ def test_outages_and_timeouts_are_transient(error: BaseException) -> None:
 )
 def test_what_retrying_cannot_fix_is_not(error: BaseException) -> None:
     assert not is_transient(error)
+
+
+@pytest.mark.parametrize(
+    ("error", "transient"),
+    [
+        (AutoReconnect("connection closed"), True),
+        ({"ok": 0, "code": 91, "errmsg": "shutting down"}, True),
+        ({"ok": 0, "code": 2, "errmsg": "bad value"}, False),
+        ({"ok": 0, "errmsg": "no code"}, False),
+    ],
+)
+def test_a_client_bulk_writes_top_level_error_is_judged_as_a_collections_would_be(
+    error: object, transient: bool
+) -> None:
+    """A client-level bulkWrite wraps a connection failure or a refused command in a
+    ClientBulkWriteException; the projector raises what a collection's bulk write would."""
+    assert is_transient(readmodel._unwrapped(error)) is transient
