@@ -38,7 +38,10 @@ WATCH_INTERVAL_S = 1.0  # how often the leader proves its lock session is alive
 # A leader whose session died waits this long before electing again, so a healthy replica
 # (retrying every ELECTION_INTERVAL_S) takes over instead of the one that just failed.
 HANDOVER_GRACE_S = 2.5
-CHECKPOINT_INTERVAL_S = 0.1  # at most one checkpoint save per interval while commits keep coming
+# At most one checkpoint save per interval, under load and at rest alike: a save per confirm
+# put a PostgreSQL commit beside every order at low rates. A successor republishes at most
+# that much more (duplicates are allowed, loss is not); a save owed is made when it ends.
+CHECKPOINT_INTERVAL_S = 0.1
 
 _BROKER_ERRORS = (
     OSError,
@@ -240,9 +243,8 @@ class Relay:
     ) -> None:
         """Save the confirmed position, then report it: while leading, `published_position`
         never runs ahead of the checkpoint a successor would resume from. Unless `now`, at
-        most one save per CHECKPOINT_INTERVAL_S: under steady commits a save per read would
-        put a PostgreSQL commit between every two reads; a successor republishes at most
-        that much more (duplicates are allowed, loss is not)."""
+        most one save per CHECKPOINT_INTERVAL_S: a save per read (under steady commits) or per
+        confirm (at rest) would put a PostgreSQL commit beside every few orders."""
         confirmed = window.confirmed
         if confirmed <= self._saved_position:
             self.published_position = confirmed
@@ -261,8 +263,9 @@ class Relay:
         window: ConfirmWindow,
     ) -> None:
         """Until a local commit or the poll interval, saving the checkpoint once what was sent
-        is confirmed; raises PublishFailed when the broker connection closes or refused a
-        message. A commit that came meanwhile ends it at once."""
+        is confirmed, at most once per CHECKPOINT_INTERVAL_S (a save that has to wait for it is
+        made when it ends); raises PublishFailed when the broker connection closes or refused
+        a message. A commit that came meanwhile ends it at once."""
         await self._checkpoint(session, window, now=False)
         loop = asyncio.get_running_loop()
         until = loop.time() + self._config.poll_interval_s
@@ -273,9 +276,14 @@ class Relay:
             ]
             if window.in_flight:
                 waits.append(window.settled())
+            wake_at = until
+            if window.confirmed > self._saved_position:  # a save is owed: when it may be made
+                wake_at = min(wake_at, self._saved_at + CHECKPOINT_INTERVAL_S)
             try:
                 done, _ = await asyncio.wait(
-                    waits, timeout=until - loop.time(), return_when=asyncio.FIRST_COMPLETED
+                    waits,
+                    timeout=max(0.0, wake_at - loop.time()),
+                    return_when=asyncio.FIRST_COMPLETED,
                 )
             finally:
                 for waiter in waits:
@@ -283,9 +291,9 @@ class Relay:
             if connection.is_closed:
                 raise PublishFailed("the broker connection closed")
             window.raise_failure()
-            # confirmed (or the interval passed): save now; woken by a commit: read it first
-            await self._checkpoint(session, window, now=not self._wakeup.is_set())
-            if not done:
+            # confirmed, or a save's interval passed: save if it may be made now
+            await self._checkpoint(session, window, now=False)
+            if not done and loop.time() >= until:
                 return  # the poll interval: look at the log for other replicas' commits
 
 

@@ -23,7 +23,9 @@ from app.contracts.events import Envelope
 from app.contracts.topology import declare_topology, delete_topology
 from app.main import relay_for
 from app.plumbing.settings import Settings
+from app.relay import runner
 from app.relay.runner import Relay
+from app.relay.session import RelaySession
 from tests.support.waiting import eventually
 
 _INSERT = (
@@ -232,6 +234,41 @@ async def test_a_rolled_back_position_is_passed_promptly(
     await eventually(lambda: consumer.first_positions() == [first, q], within_s=1.0, what="q")
     assert time.monotonic() - started < 1.0
     assert_delivered(consumer.messages, [first, q])
+
+
+async def test_at_rest_the_checkpoint_is_saved_once_per_interval_and_never_left_behind(
+    start_relay: StartRelay,
+    consumer: Consumer,
+    db: asyncpg.Pool,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Commits spaced out, each published and confirmed before the next one comes (a low
+    order rate): the checkpoint is saved at most once per CHECKPOINT_INTERVAL_S, not once per
+    confirm, and the last save owed is made once the interval allows, with nothing new."""
+    saves: list[int] = []
+    save = RelaySession.save_checkpoint
+
+    async def counted(session: RelaySession, position: int) -> None:
+        saves.append(position)
+        await save(session, position)
+
+    monkeypatch.setattr(RelaySession, "save_checkpoint", counted)
+    relay, wakeup, _ = start_relay()
+    await eventually(lambda: relay.is_leader and relay.connected, what="the relay to lead")
+    started = time.monotonic()
+    committed = []
+    for _ in range(20):
+        committed.append(await _commit_one(db))
+        wakeup.set()
+        await eventually(lambda: len(consumer.first_positions()) == len(committed), what="it")
+        await asyncio.sleep(0.01)
+    await eventually(lambda: relay.published_position == committed[-1], what="the last save")
+    elapsed = time.monotonic() - started
+    async with db.acquire() as conn:
+        assert await conn.fetchval("SELECT position FROM relay_checkpoints") == committed[-1]
+    assert saves == sorted(saves)
+    assert len(saves) <= elapsed / runner.CHECKPOINT_INTERVAL_S + 2, (len(saves), elapsed)
+    assert_delivered(consumer.messages, committed)
 
 
 async def _random_writer(
