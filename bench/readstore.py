@@ -8,7 +8,7 @@ are projected and folded per batch (`project`, `coalesce`: the very writes the p
 for a batch of that size, as the same statements: `readmodel.statements`) before the clock
 starts; then only the store's calls run, per collection and batch the read of which upserts'
 documents exist (when there are any), then the batch's statements as the projector sends them
-(`readmodel.write_documents`): one client-level `bulkWrite` where the server takes it and they
+(`readmodel.as_one_command`): one client-level `bulkWrite` where the server takes it and they
 are few enough, else one ordered `bulk_write` per collection, the collections at once; into a
 scratch database with the read model's indexes. No broker, no decoding, no applied position,
 no acks.
@@ -93,12 +93,11 @@ async def run(
     batches, events, orders = await _batches(dsn, limit, batch_size, scratch_db)
     db = mongo[scratch_db]
     await ensure_indexes(db)
-    at_once = readmodel.writes_at_once(db)
     started = time.perf_counter()
     for batch in batches:
         await asyncio.gather(*(readmodel.existing(db[name], wanted) for name, wanted, _ in batch))
         models = [s for *_, statements in batch for s in statements]
-        if at_once and len(batch) > 1 and len(models) <= readmodel.ONE_COMMAND_STATEMENTS:
+        if readmodel.as_one_command(db, len(batch), len(models)):
             await mongo.bulk_write(models, ordered=True)
             continue
         await asyncio.gather(*(db[name].bulk_write(s, ordered=True) for name, _, s in batch))

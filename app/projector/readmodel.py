@@ -123,8 +123,7 @@ async def write_documents(
         for (name, batch), plan in zip(batches.items(), planned, strict=True)
         if plan is None
     ]
-    together = sum(len(plan.statements) for plan in plans) <= ONE_COMMAND_STATEMENTS
-    if len(plans) > 1 and together and writes_at_once(db):
+    if as_one_command(db, len(plans), sum(len(plan.statements) for plan in plans)):
         await _write_at_once(db, plans, known)
         plans = []
     await _all(
@@ -143,6 +142,12 @@ async def write_documents(
 # 642-898 vs 344-371, 17: 888-933 vs 551-630, 25: 909-1,172 vs 902-983, 33: 895-1,049 vs
 # 1,151-1,420, 127: 1,235-1,255 vs 2,392-2,427; docs/benchmarks.md).
 ONE_COMMAND_STATEMENTS: Final = 24
+
+
+def as_one_command(db: AsyncDatabase[Document], collections: int, statements: int) -> bool:
+    """Whether a batch writing `statements` to `collections` collections goes as one
+    client-level `bulkWrite` (`_write_at_once`) rather than one command per collection."""
+    return collections > 1 and statements <= ONE_COMMAND_STATEMENTS and writes_at_once(db)
 
 
 def writes_at_once(db: AsyncDatabase[Document]) -> bool:
