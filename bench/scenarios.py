@@ -26,6 +26,7 @@ from app.commands.orders import place_order
 from app.commands.outbox import EventMetadata
 from app.commands.products import CreateProduct, create_product
 from app.contracts.events import routing_key
+from app.contracts.topology import declare_topology
 from app.plumbing.localstore import LocalStore
 from app.plumbing.resources import connect_broker
 from app.plumbing.settings import Settings
@@ -213,6 +214,9 @@ class BrokerWatch:
         connection = await connect_broker(self._settings)
         try:
             channel = await connection.channel()
+            # idempotent, as the app's own: a watch started before the app declared its
+            # exchange would otherwise fail to bind (NOT_FOUND)
+            await declare_topology(channel, self._settings)
             queue = (await channel.queue_declare("", exclusive=True, auto_delete=True)).queue
             assert queue is not None
             placed = routing_key("OrderPlaced")
