@@ -232,25 +232,27 @@ class Relay:
                 await window.publish(event, last)
                 last = event.position
             if len(batch.events) == size and plan.blocked_at is None:
-                await self._checkpoint(session, window, now=False)
+                await self._checkpoint(session, window)
                 continue
             if plan.blocked_at is not None and tracker.xids_to_await() == frozenset():
                 continue  # nobody was in flight: the gap is settled on the next read
             await self._rest(session, connection, window)
 
-    async def _checkpoint(
-        self, session: RelaySession, window: ConfirmWindow, *, now: bool = True
-    ) -> None:
+    def _next_save_at(self) -> float:
+        """The loop time from which the next checkpoint save may be made."""
+        return self._saved_at + CHECKPOINT_INTERVAL_S
+
+    async def _checkpoint(self, session: RelaySession, window: ConfirmWindow) -> None:
         """Save the confirmed position, then report it: while leading, `published_position`
-        never runs ahead of the checkpoint a successor would resume from. Unless `now`, at
-        most one save per CHECKPOINT_INTERVAL_S: a save per read (under steady commits) or per
+        never runs ahead of the checkpoint a successor would resume from. At most one save per
+        CHECKPOINT_INTERVAL_S (`_next_save_at`): a save per read (under steady commits) or per
         confirm (at rest) would put a PostgreSQL commit beside every few orders."""
         confirmed = window.confirmed
         if confirmed <= self._saved_position:
             self.published_position = confirmed
             return
         loop = asyncio.get_running_loop()
-        if not now and loop.time() - self._saved_at < CHECKPOINT_INTERVAL_S:
+        if loop.time() < self._next_save_at():
             return
         await session.save_checkpoint(confirmed)
         self._saved_position, self._saved_at = confirmed, loop.time()
@@ -266,7 +268,7 @@ class Relay:
         is confirmed, at most once per CHECKPOINT_INTERVAL_S (a save that has to wait for it is
         made when it ends); raises PublishFailed when the broker connection closes or refused
         a message. A commit that came meanwhile ends it at once."""
-        await self._checkpoint(session, window, now=False)
+        await self._checkpoint(session, window)
         loop = asyncio.get_running_loop()
         until = loop.time() + self._config.poll_interval_s
         while not self._wakeup.is_set():
@@ -278,7 +280,7 @@ class Relay:
                 waits.append(window.settled())
             wake_at = until
             if window.confirmed > self._saved_position:  # a save is owed: when it may be made
-                wake_at = min(wake_at, self._saved_at + CHECKPOINT_INTERVAL_S)
+                wake_at = min(wake_at, self._next_save_at())
             try:
                 done, _ = await asyncio.wait(
                     waits,
@@ -292,7 +294,7 @@ class Relay:
                 raise PublishFailed("the broker connection closed")
             window.raise_failure()
             # confirmed, or a save's interval passed: save if it may be made now
-            await self._checkpoint(session, window, now=False)
+            await self._checkpoint(session, window)
             if not done and loop.time() >= until:
                 return  # the poll interval: look at the log for other replicas' commits
 
