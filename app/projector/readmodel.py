@@ -115,22 +115,17 @@ async def write_documents(
         raise InvalidEventData.at(invalid[0])
     writes = [w for e in events if e.data is not None for w in project(e.envelope, e.data)]
     by_collection = {name: [w for w in writes if w.collection == name] for name in COLLECTIONS}
-    batches = {name: batch for name, batch in by_collection.items() if batch}
-    planned = await _all(_planned(db[name], batch, known) for name, batch in batches.items())
+    batches = [(db[name], batch) for name, batch in by_collection.items() if batch]
+    planned = await _all(_planned(collection, batch, known) for collection, batch in batches)
     plans = [plan for plan in planned if plan is not None]
-    unplanned = [
-        (db[name], batch)
-        for (name, batch), plan in zip(batches.items(), planned, strict=True)
-        if plan is None
-    ]
-    if as_one_command(db, len(plans), sum(len(plan.statements) for plan in plans)):
-        await _write_at_once(db, plans, known)
-        plans = []
+    if not as_one_command(db, len(plans), sum(len(plan.statements) for plan in plans)):
+        await _all(
+            _write_plan(*batch, plan, known) for batch, plan in zip(batches, planned, strict=True)
+        )
+        return
+    await _write_at_once(db, plans, known)
     await _all(
-        [
-            *(_write_planned(plan, known) for plan in plans),
-            *(write_ordered(collection, batch) for collection, batch in unplanned),
-        ]
+        write_ordered(*batch) for batch, plan in zip(batches, planned, strict=True) if plan is None
     )
 
 
@@ -230,19 +225,24 @@ async def _write_collection(
     known: KnownDocuments | None = None,
 ) -> None:
     """One collection's writes as `write_documents` sends them one command per collection."""
-    plan = await _planned(collection, writes, known)
+    await _write_plan(collection, writes, await _planned(collection, writes, known), known)
+
+
+async def _write_plan(
+    collection: AsyncCollection[Document],
+    writes: list[Write],
+    plan: _Plan | None,
+    known: KnownDocuments | None,
+) -> None:
+    """`writes` one fenced write per event when there is no plan (`_planned`); else the plan's
+    statements, each write an update pipeline found by `_id` alone (app.projector.pipelines) or
+    an insert. If any document was already past the batch's start (its merged fence did not
+    hold, so it changed nothing), fall back to one fenced write per event, which is always
+    right. A document `known` to exist that does not (the read model was dropped) is a
+    shortfall too: that knowledge is forgotten."""
     if plan is None:
         await write_ordered(collection, writes)
         return
-    await _write_planned(plan, known)
-
-
-async def _write_planned(plan: _Plan, known: KnownDocuments | None) -> None:
-    """The plan's statements, each write an update pipeline found by `_id` alone
-    (app.projector.pipelines) or an insert. If any document was already past the batch's start
-    (its merged fence did not hold, so it changed nothing), fall back to one fenced write per
-    event, which is always right. A document `known` to exist that does not (the read model
-    was dropped) is a shortfall too: that knowledge is forgotten."""
     try:
         result = await plan.collection.bulk_write(plan.statements, ordered=True)
         if _done(result) == len(plan.merged):
@@ -257,7 +257,7 @@ async def _write_planned(plan: _Plan, known: KnownDocuments | None) -> None:
 async def _write_at_once(
     db: AsyncDatabase[Document], plans: Sequence[_Plan], known: KnownDocuments | None
 ) -> None:
-    """`_write_planned` for several collections, their statements in one client-level
+    """`_write_plan` for several collections, their statements in one client-level
     `bulkWrite`: one command, so one round trip and one reply for the client to build and
     read, instead of one per collection (a PyMongo command costs the client ~0.4 ms of CPU:
     docs/benchmarks.md). Any shortfall or refused write sends every collection of the batch
